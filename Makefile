@@ -1,0 +1,17 @@
+# The README's two commands: `make demo` (set up, then start the demo) and `make test`.
+.PHONY: setup demo test lint bench
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/crs chat popularity --dataset movielens-100k
+
+test:
+	.venv/bin/pytest -q
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+bench:
+	.venv/bin/python bench/llm_runtime.py

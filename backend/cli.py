@@ -1,0 +1,203 @@
+"""The `crs` command line: a thin adapter over the data loaders, the registry and the evaluator."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from backend.data import DATASETS, DataFormatError, load_dataset
+
+app = typer.Typer(help="CRS Arena: demo, annotate and evaluate conversational recommenders.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: inspect what a loader reads.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models whose checkpoints the registry loads.", no_args_is_help=True)
+llm_app = typer.Typer(help="The LLM runtime.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(llm_app, name="llm")
+console = Console()
+
+DatasetArg = Annotated[str, typer.Option("--dataset", "-d", help=f"One of: {', '.join(DATASETS)}.")]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Folder of the dataset files (default: CRS_DATA_DIR/<dataset>).")
+]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Model config override KEY=VALUE (repeatable).")]
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """KEY=VALUE strings to a dict; values are parsed as JSON when they can be (numbers, booleans)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise typer.BadParameter(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _load(dataset: str, data_dir: Path | None):
+    """Load a dataset, turning data errors into one readable line and exit code 2."""
+    try:
+        return load_dataset(dataset, data_dir)
+    except (DataFormatError, FileNotFoundError, KeyError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+
+
+def _model(name: str, ds, overrides: dict[str, Any]):
+    from backend.registry import create_model
+
+    try:
+        return create_model(name, ds, overrides)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+
+
+@data_app.command("info")
+def data_info(
+    dataset: Annotated[str, typer.Argument(help=f"One of: {', '.join(DATASETS)}.")],
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Print counts: dialogues, turns, items, users, turns with a recommendation."""
+    ds = _load(dataset, data_dir)
+    table = Table(title=f"{ds.name}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for key, value in ds.stats().items():
+        table.add_row(key, f"{value:,}")
+    console.print(table)
+
+
+@app.command("models")
+def models() -> None:
+    """List the registered models and their descriptions."""
+    from backend.registry import available_models
+
+    for name, cls in available_models().items():
+        console.print(f"[bold]{name}[/bold]: {cls.description}")
+
+
+@train_app.command("sasrec")
+def train_sasrec_cmd(
+    dataset: DatasetArg = "movielens-100k",
+    data_dir: DataDirOpt = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the training sequences.")] = 30,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (0 = all epochs).")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Checkpoint folder (default CRS_HOME/checkpoints/sasrec/<dataset>).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train SASRec on user histories or dialogue item sequences; saves weights, config and metrics."""
+    from backend.models.sasrec import SASRecConfig, train_sasrec
+
+    ds = _load(dataset, data_dir)
+    config = SASRecConfig(epochs=epochs, max_steps=max_steps, **parse_overrides(set_))
+    path = train_sasrec(ds, config, out)
+    console.print(f"saved to {path}")
+    console.print_json((path / "metrics.json").read_text())
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Argument(help="A registered model name (see `crs models`).")],
+    dataset: DatasetArg = "redial",
+    data_dir: DataDirOpt = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N dialogues.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here.")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="Write per-turn predictions (JSONL) here.")] = None,
+    history: Annotated[bool, typer.Option(help="Give the model the user's history.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Turns per model call.")] = 32,
+    set_: SetOpt = None,
+) -> None:
+    """Run MODEL over every recommender turn of a split and report ranking and text metrics."""
+    from backend.eval.evaluate import evaluate
+
+    ds = _load(dataset, data_dir)
+    crs = _model(model, ds, parse_overrides(set_))
+    try:
+        result = evaluate(crs, ds, split, limit=limit, batch_size=batch_size, use_history=history)
+    except KeyError as err:
+        console.print(f"[red]error:[/red] {err.args[0]}")
+        raise typer.Exit(2) from None
+    if out:
+        result.save(out)
+        console.print(f"wrote {out}")
+    if predictions:
+        result.write_predictions(predictions)
+    console.print_json(json.dumps(result.to_json()))
+
+
+@app.command("chat")
+def chat(
+    model: Annotated[str, typer.Argument(help="A registered model name (see `crs models`).")],
+    dataset: DatasetArg = "movielens-100k",
+    data_dir: DataDirOpt = None,
+    user: Annotated[str | None, typer.Option(help="A user id whose history the model may use.")] = None,
+    top: Annotated[int, typer.Option(help="How many items to print per reply.")] = 5,
+    set_: SetOpt = None,
+) -> None:
+    """Chat with a model in the terminal (empty line or Ctrl-D quits)."""
+    from backend.types import Dialogue, Reply, Turn
+
+    ds = _load(dataset, data_dir)
+    crs = _model(model, ds, parse_overrides(set_))
+    history = ds.histories.get(user) if user else None
+    if user and history is None:
+        console.print(f"[yellow]user {user!r} has no history in {ds.name}; chatting without one[/yellow]")
+    dialogue = Dialogue(id="terminal", user_id=user)
+    console.print(f"[bold]{crs.name}[/bold] on {ds.name} ({len(ds.catalog):,} items). Empty line quits.")
+    while True:
+        try:
+            text = console.input("[bold green]you>[/bold green] ").strip()
+        except EOFError:
+            break
+        if not text:
+            break
+        dialogue.turns.append(Turn(role="user", text=text))
+        console.print(f"[bold blue]{crs.name}>[/bold blue] ", end="")
+        reply: Reply | None = None
+        for part in crs.stream(dialogue, history):
+            if isinstance(part, Reply):
+                reply = part
+            else:
+                console.print(part, end="", markup=False, highlight=False)
+        console.print()
+        assert reply is not None
+        for rank, item in enumerate(reply.items[:top], start=1):
+            console.print(f"  {rank}. {item.title}  [dim]{item.score:.3f}[/dim]")
+        dialogue.turns.append(Turn(role="system", text=reply.text, items=reply.item_ids[:1]))
+
+
+@llm_app.command("serve")
+def llm_serve(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (use --host to expose).")] = 8001,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    model: Annotated[str | None, typer.Option(help="Model spec (default CRS_LLM).")] = None,
+) -> None:
+    """Serve the local LLM behind an OpenAI-compatible API (chat, completions, embeddings)."""
+    import uvicorn
+
+    from backend.llm import get_llm
+    from backend.openai_server import create_app
+
+    llm = get_llm(model)
+    uvicorn.run(create_app(llm, llm.name), host=host, port=port)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()
