@@ -102,7 +102,9 @@ class Catalog:
         key = normalize_title(title)
         if not key:
             return []
-        hit = self._exact.get((key, year)) or (self._exact.get((key, None)) if year is None else None)
+        hit = self._exact.get((key, year)) or (
+            self._exact.get((key, None)) if year is None else None
+        )
         if hit is not None and limit == 1:
             return [(hit, 100.0)]
         matches = process.extract(

@@ -14,9 +14,13 @@ from rich.table import Table
 
 from backend.data import DATASETS, DataFormatError, load_dataset
 
-app = typer.Typer(help="CRS Arena: demo, annotate and evaluate conversational recommenders.", no_args_is_help=True)
+app = typer.Typer(
+    help="CRS Arena: demo, annotate and evaluate conversational recommenders.", no_args_is_help=True
+)
 data_app = typer.Typer(help="Datasets: inspect what a loader reads.", no_args_is_help=True)
-train_app = typer.Typer(help="Train models whose checkpoints the registry loads.", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train models whose checkpoints the registry loads.", no_args_is_help=True
+)
 llm_app = typer.Typer(help="The LLM runtime.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
@@ -25,9 +29,14 @@ console = Console()
 
 DatasetArg = Annotated[str, typer.Option("--dataset", "-d", help=f"One of: {', '.join(DATASETS)}.")]
 DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Folder of the dataset files (default: CRS_DATA_DIR/<dataset>).")
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Folder of the dataset files (default: CRS_DATA_DIR/<dataset>)."
+    ),
 ]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Model config override KEY=VALUE (repeatable).")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Model config override KEY=VALUE (repeatable).")
+]
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -92,8 +101,13 @@ def train_sasrec_cmd(
     dataset: DatasetArg = "movielens-100k",
     data_dir: DataDirOpt = None,
     epochs: Annotated[int, typer.Option(help="Passes over the training sequences.")] = 30,
-    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (0 = all epochs).")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Checkpoint folder (default CRS_HOME/checkpoints/sasrec/<dataset>).")] = None,
+    max_steps: Annotated[
+        int, typer.Option(help="Stop after this many steps (0 = all epochs).")
+    ] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint folder (default CRS_HOME/checkpoints/sasrec/<dataset>)."),
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Train SASRec on user histories or dialogue item sequences; saves weights, config and metrics."""
@@ -114,7 +128,9 @@ def eval_cmd(
     split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N dialogues.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here.")] = None,
-    predictions: Annotated[Path | None, typer.Option(help="Write per-turn predictions (JSONL) here.")] = None,
+    predictions: Annotated[
+        Path | None, typer.Option(help="Write per-turn predictions (JSONL) here.")
+    ] = None,
     history: Annotated[bool, typer.Option(help="Give the model the user's history.")] = False,
     batch_size: Annotated[int, typer.Option(help="Turns per model call.")] = 32,
     set_: SetOpt = None,
@@ -142,7 +158,9 @@ def chat(
     model: Annotated[str, typer.Argument(help="A registered model name (see `crs models`).")],
     dataset: DatasetArg = "movielens-100k",
     data_dir: DataDirOpt = None,
-    user: Annotated[str | None, typer.Option(help="A user id whose history the model may use.")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="A user id whose history the model may use.")
+    ] = None,
     top: Annotated[int, typer.Option(help="How many items to print per reply.")] = 5,
     set_: SetOpt = None,
 ) -> None:
@@ -153,9 +171,13 @@ def chat(
     crs = _model(model, ds, parse_overrides(set_))
     history = ds.histories.get(user) if user else None
     if user and history is None:
-        console.print(f"[yellow]user {user!r} has no history in {ds.name}; chatting without one[/yellow]")
+        console.print(
+            f"[yellow]user {user!r} has no history in {ds.name}; chatting without one[/yellow]"
+        )
     dialogue = Dialogue(id="terminal", user_id=user)
-    console.print(f"[bold]{crs.name}[/bold] on {ds.name} ({len(ds.catalog):,} items). Empty line quits.")
+    console.print(
+        f"[bold]{crs.name}[/bold] on {ds.name} ({len(ds.catalog):,} items). Empty line quits."
+    )
     while True:
         try:
             text = console.input("[bold green]you>[/bold green] ").strip()
@@ -195,7 +217,9 @@ def llm_serve(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     app()
 
 

@@ -51,7 +51,9 @@ class CRSModel(ABC):
         histories = histories or [None] * len(dialogues)
         return [self.respond(d, h) for d, h in zip(dialogues, histories, strict=True)]
 
-    def stream(self, dialogue: Dialogue, history: UserHistory | None = None) -> Iterator[str | Reply]:
+    def stream(
+        self, dialogue: Dialogue, history: UserHistory | None = None
+    ) -> Iterator[str | Reply]:
         """Yield text deltas, then the final `Reply`. Models with a streaming LLM override this."""
         reply = self.respond(dialogue, history)
         for word in reply.text.split(" "):
@@ -73,7 +75,9 @@ class CRSModel(ABC):
         return {"model": self.name, **dataclasses.asdict(self.config)}
 
     # Helpers shared by the simple models.
-    def _ranked(self, scores: dict[str, float] | list[tuple[str, float]], exclude: set[str]) -> list[ScoredItem]:
+    def _ranked(
+        self, scores: dict[str, float] | list[tuple[str, float]], exclude: set[str]
+    ) -> list[ScoredItem]:
         pairs = scores.items() if isinstance(scores, dict) else scores
         ranked = sorted(((i, s) for i, s in pairs if i not in exclude), key=lambda p: -p[1])
         return [

@@ -51,9 +51,13 @@ class Dialogue(BaseModel):
 
     def prefix(self, n_turns: int) -> Dialogue:
         """The dialogue as it stood before turn ``n_turns`` (the context for that turn)."""
-        return Dialogue(id=self.id, turns=self.turns[:n_turns], user_id=self.user_id, meta=self.meta)
+        return Dialogue(
+            id=self.id, turns=self.turns[:n_turns], user_id=self.user_id, meta=self.meta
+        )
 
-    def as_text(self, last_n: int | None = None, names: tuple[str, str] = ("User", "System")) -> str:
+    def as_text(
+        self, last_n: int | None = None, names: tuple[str, str] = ("User", "System")
+    ) -> str:
         """The (last ``last_n``) turns as "User: ..." / "System: ..." lines, for prompts and encoders."""
         turns = self.turns if last_n is None else self.turns[-last_n:]
         return "\n".join(f"{names[t.role == 'system']}: {t.text}" for t in turns)

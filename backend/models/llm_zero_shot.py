@@ -33,7 +33,7 @@ def candidate_titles(text: str) -> list[str]:
     for m in _TITLE_YEAR.finditer(text):
         found.append(f"{m.group(1).strip()} ({m.group(2)})")
     found += [m.group(1).strip() for m in _QUOTED.finditer(text)]
-    found += [m.group(1).strip(" *\"") for m in _LIST_LINE.finditer(text)]
+    found += [m.group(1).strip(' *"') for m in _LIST_LINE.finditer(text)]
     # Keep first mention order, drop repeats.
     return list(dict.fromkeys(f for f in found if len(f) >= 2))
 
@@ -64,7 +64,9 @@ def history_note(history: UserHistory | None, catalog: Catalog, n: int = 10) -> 
     if history is None:
         return ""
     liked = [catalog[i.item_id].display_title for i in history.liked[-n:] if i.item_id in catalog]
-    disliked = [catalog[i.item_id].display_title for i in history.disliked[-n:] if i.item_id in catalog]
+    disliked = [
+        catalog[i.item_id].display_title for i in history.disliked[-n:] if i.item_id in catalog
+    ]
     parts = []
     if liked:
         parts.append("The user liked: " + "; ".join(liked) + ".")
@@ -92,17 +94,26 @@ class LLMZeroShot(CRSModel):
         system = " ".join(filter(None, [SYSTEM_PROMPT, history_note(history, self.catalog)]))
         turns = dialogue.turns[-self.config.context_turns :]
         msgs = [{"role": "system", "content": system}]
-        msgs += [{"role": "assistant" if t.role == "system" else "user", "content": t.text} for t in turns]
+        msgs += [
+            {"role": "assistant" if t.role == "system" else "user", "content": t.text}
+            for t in turns
+        ]
         if len(msgs) == 1 or msgs[-1]["role"] != "user":
             msgs.append({"role": "user", "content": "Can you recommend a movie?"})
         return msgs
 
     def generation(self) -> GenerationConfig:
-        return GenerationConfig(max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature)
+        return GenerationConfig(
+            max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature
+        )
 
     def to_reply(self, text: str, dialogue: Dialogue, messages: list[dict[str, str]]) -> Reply:
         exclude = set(dialogue.mentioned_items())
-        matches = [m for m in match_titles(text, self.catalog, self.config.match_cutoff) if m[1] not in exclude]
+        matches = [
+            m
+            for m in match_titles(text, self.catalog, self.config.match_cutoff)
+            if m[1] not in exclude
+        ]
         # Generated order is the ranking; scores decrease with position (1, 1/2, 1/3, ...).
         items = [
             ScoredItem(item_id=item_id, score=1.0 / rank, title=self.catalog[item_id].display_title)
@@ -112,7 +123,11 @@ class LLMZeroShot(CRSModel):
         trace = [
             TraceStep(name="prompt", input=messages, output=None),
             TraceStep(name="generate", input=self.llm.name, output=text, seconds=usage.seconds),
-            TraceStep(name="fuzzy match", input=candidate_titles(text), output=[(c, i, round(s, 1)) for c, i, s in matches]),
+            TraceStep(
+                name="fuzzy match",
+                input=candidate_titles(text),
+                output=[(c, i, round(s, 1)) for c, i, s in matches],
+            ),
         ]
         return Reply(
             text=text.strip(),
@@ -129,7 +144,9 @@ class LLMZeroShot(CRSModel):
         messages = self.messages(dialogue, history)
         return self.to_reply(self.llm.chat(messages, self.generation()), dialogue, messages)
 
-    def stream(self, dialogue: Dialogue, history: UserHistory | None = None) -> Iterator[str | Reply]:
+    def stream(
+        self, dialogue: Dialogue, history: UserHistory | None = None
+    ) -> Iterator[str | Reply]:
         messages = self.messages(dialogue, history)
         chunks = []
         for delta in self.llm.stream(messages, self.generation()):

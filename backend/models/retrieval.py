@@ -49,7 +49,9 @@ class Retrieval(CRSModel):
 
     def _item_vectors(self) -> np.ndarray:
         """Encode every item once; cached on disk keyed by the exact item texts."""
-        texts = [self.catalog.item_text(i, title_only=self.config.title_only) for i in self.catalog.ids]
+        texts = [
+            self.catalog.item_text(i, title_only=self.config.title_only) for i in self.catalog.ids
+        ]
         digest = hashlib.sha1("\n".join(texts).encode()).hexdigest()[:16]
         path = get_settings().cache / "embeddings" / f"minilm-{self.dataset.name}-{digest}.npy"
         if path.exists():
@@ -82,11 +84,17 @@ class Retrieval(CRSModel):
         all_scores, all_idx = self._search(vectors, k)
         replies = []
         for query, exclude, scores, idx in zip(queries, excludes, all_scores, all_idx, strict=True):
-            pairs = [(self.catalog.ids[j], float(s)) for j, s in zip(idx, scores, strict=True) if j >= 0]
+            pairs = [
+                (self.catalog.ids[j], float(s)) for j, s in zip(idx, scores, strict=True) if j >= 0
+            ]
             ranked = self._ranked(pairs, exclude)
             text = recommendation_text([self.catalog[s.item_id] for s in ranked[:3]])
             trace = [TraceStep(name="query", input=query, output=[s.title for s in ranked[:5]])]
-            replies.append(Reply(text=text, items=ranked, recommends=bool(ranked), trace=trace, model=self.name))
+            replies.append(
+                Reply(
+                    text=text, items=ranked, recommends=bool(ranked), trace=trace, model=self.name
+                )
+            )
         return replies
 
     @timed

@@ -59,7 +59,11 @@ class PointWiseFeedForward(nn.Module):
     def __init__(self, hidden: int, dropout: float):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.Dropout(dropout)
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,7 +94,9 @@ class SASRecNet(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)  # 0 = padding
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(SASRecBlock(cfg.hidden, cfg.heads, cfg.dropout) for _ in range(cfg.blocks))
+        self.blocks = nn.ModuleList(
+            SASRecBlock(cfg.hidden, cfg.heads, cfg.dropout) for _ in range(cfg.blocks)
+        )
         self.norm = nn.LayerNorm(cfg.hidden)
         self.max_len = cfg.max_len
 
@@ -137,12 +143,14 @@ def sasrec_loss(net: SASRecNet, seq: torch.Tensor, target: torch.Tensor, kind: s
     negatives = torch.randint(1, net.item_emb.num_embeddings, target.shape, device=target.device)
     pos = (hidden * net.item_emb(target)).sum(-1)[mask]
     neg = (hidden * net.item_emb(negatives)).sum(-1)[mask]
-    return F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) + F.binary_cross_entropy_with_logits(
-        neg, torch.zeros_like(neg)
-    )
+    return F.binary_cross_entropy_with_logits(
+        pos, torch.ones_like(pos)
+    ) + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
 
 
-def _hit_ndcg(net: SASRecNet, seqs: list[list[int]], device: torch.device, k: int = 10) -> dict[str, float]:
+def _hit_ndcg(
+    net: SASRecNet, seqs: list[list[int]], device: torch.device, k: int = 10
+) -> dict[str, float]:
     """Leave-last-out HR@k / NDCG@k over all items (no sampled candidates)."""
     if not seqs:
         return {}
@@ -157,7 +165,9 @@ def _hit_ndcg(net: SASRecNet, seqs: list[list[int]], device: torch.device, k: in
             scores[:, 0] = float("-inf")
             rank = (scores > scores.gather(1, gold[:, None])).sum(1) + 1
             hits += (rank <= k).float().tolist()
-            ndcg += torch.where(rank <= k, 1 / torch.log2(rank.float() + 1), torch.zeros_like(rank.float())).tolist()
+            ndcg += torch.where(
+                rank <= k, 1 / torch.log2(rank.float() + 1), torch.zeros_like(rank.float())
+            ).tolist()
     net.train()
     return {f"hr@{k}": float(np.mean(hits)), f"ndcg@{k}": float(np.mean(ndcg)), "n": len(seqs)}
 
@@ -177,7 +187,9 @@ def train_sasrec(dataset: Dataset, config: SASRecConfig, out_dir: Path | None = 
     train = [to_idx(s) for s in sequences_for(dataset, "train")]
     # Validation: the last item of dev dialogues, or of each history (leave-one-out).
     if dataset.splits.get("dev"):
-        valid = [s for s in (to_idx(d.mentioned_items()) for d in dataset.splits["dev"]) if len(s) >= 2]
+        valid = [
+            s for s in (to_idx(d.mentioned_items()) for d in dataset.splits["dev"]) if len(s) >= 2
+        ]
     else:
         valid, train = train, [s[:-1] for s in train if len(s) >= 3]
     if not train:
@@ -194,7 +206,14 @@ def train_sasrec(dataset: Dataset, config: SASRecConfig, out_dir: Path | None = 
     total = config.epochs * steps_per_epoch
     if config.max_steps:
         total = min(total, config.max_steps)
-    log.info("sasrec: %d sequences, %d windows, %d items, %d steps on %s", len(train), len(windows), len(index), total, device)
+    log.info(
+        "sasrec: %d sequences, %d windows, %d items, %d steps on %s",
+        len(train),
+        len(windows),
+        len(index),
+        total,
+        device,
+    )
     history, step, start = [], 0, time.perf_counter()
     rng = random.Random(config.seed)
     bar = tqdm(total=total, desc="sasrec", unit="step")
@@ -226,8 +245,12 @@ def train_sasrec(dataset: Dataset, config: SASRecConfig, out_dir: Path | None = 
     }
     out_dir = out_dir or Path(config.checkpoint or default_checkpoint(dataset.name))
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": net.state_dict(), "item_ids": dataset.catalog.ids}, out_dir / "model.pt")
-    (out_dir / "config.json").write_text(json.dumps({"model": "sasrec", "dataset": dataset.name, **asdict(config)}, indent=2))
+    torch.save(
+        {"state_dict": net.state_dict(), "item_ids": dataset.catalog.ids}, out_dir / "model.pt"
+    )
+    (out_dir / "config.json").write_text(
+        json.dumps({"model": "sasrec", "dataset": dataset.name, **asdict(config)}, indent=2)
+    )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("sasrec saved to %s (valid %s)", out_dir, metrics["valid"])
     return out_dir
@@ -258,7 +281,9 @@ class SASRec(CRSModel):
         self.config = SASRecConfig(**{**asdict(self.config), **arch})
         state = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
         if state["item_ids"] != self.catalog.ids:
-            raise ValueError(f"checkpoint {ckpt} was trained on a different {dataset.name} catalog; retrain it")
+            raise ValueError(
+                f"checkpoint {ckpt} was trained on a different {dataset.name} catalog; retrain it"
+            )
         self.device = best_device(self.config.device)
         self.net = SASRecNet(len(self.catalog), self.config).to(self.device)
         self.net.load_state_dict(state["state_dict"])
@@ -282,16 +307,30 @@ class SASRec(CRSModel):
             scores = self.net.scores(self.net(inp)[:, -1])[:, 1:].cpu().numpy()
         replies = []
         for dialogue, history, seq, row in zip(dialogues, histories, seqs, scores, strict=True):
-            exclude = set(dialogue.mentioned_items()) | ({i.item_id for i in history.interactions} if history else set())
+            exclude = set(dialogue.mentioned_items()) | (
+                {i.item_id for i in history.interactions} if history else set()
+            )
             if seq:
-                ranked = self._ranked(dict(zip(self.catalog.ids, row.tolist(), strict=True)), exclude)
-                step = TraceStep(name="sequence", input=[self.catalog.ids[i - 1] for i in seq], output=len(ranked))
+                ranked = self._ranked(
+                    dict(zip(self.catalog.ids, row.tolist(), strict=True)), exclude
+                )
+                step = TraceStep(
+                    name="sequence",
+                    input=[self.catalog.ids[i - 1] for i in seq],
+                    output=len(ranked),
+                )
             else:
                 # With nothing to condition on, SASRec's output is noise; popularity is the honest prior.
                 ranked = self._ranked(self.fallback, exclude)
-                step = TraceStep(name="fallback: popularity", input="no known items yet", output=len(ranked))
+                step = TraceStep(
+                    name="fallback: popularity", input="no known items yet", output=len(ranked)
+                )
             text = recommendation_text([self.catalog[s.item_id] for s in ranked[:3]])
-            replies.append(Reply(text=text, items=ranked, recommends=bool(ranked), trace=[step], model=self.name))
+            replies.append(
+                Reply(
+                    text=text, items=ranked, recommends=bool(ranked), trace=[step], model=self.name
+                )
+            )
         return replies
 
     @timed

@@ -1,0 +1,112 @@
+"""Shared fixtures: a tiny hand-made catalog and dialogues, and an isolated CRS_HOME."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backend.catalog import Catalog
+from backend.data.base import Dataset
+from backend.types import Dialogue, Interaction, Item, Turn, UserHistory
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Every test writes caches and checkpoints under a temporary CRS_HOME, never ~/.cache."""
+    home = tmp_path_factory.getbasetemp() / "crs-home"
+    monkeypatch.setenv("CRS_HOME", str(home))
+    return home
+
+
+def make_items() -> list[Item]:
+    return [
+        Item(
+            id="1",
+            title="Heat",
+            year=1995,
+            genres=("Crime", "Thriller"),
+            description="A heist crew and a detective.",
+            people={"director": ("Michael Mann",), "star": ("Al Pacino", "Robert De Niro")},
+        ),
+        Item(
+            id="2",
+            title="Toy Story",
+            year=1995,
+            genres=("Animation", "Comedy"),
+            description="Toys come alive.",
+        ),
+        Item(
+            id="3",
+            title="The Usual Suspects",
+            year=1995,
+            genres=("Crime", "Mystery"),
+            description="A lineup of crooks.",
+        ),
+        Item(
+            id="4",
+            title="Alien",
+            year=1979,
+            genres=("Horror", "Sci-Fi"),
+            description="A creature stalks a ship's crew.",
+        ),
+        Item(
+            id="5",
+            title="Aliens",
+            year=1986,
+            genres=("Action", "Sci-Fi"),
+            description="Marines fight creatures.",
+        ),
+        Item(
+            id="6",
+            title="Heat",
+            year=1986,
+            genres=("Action",),
+            description="A bodyguard in Las Vegas.",
+        ),
+    ]
+
+
+def make_dataset() -> Dataset:
+    d1 = Dialogue(
+        id="d1",
+        user_id="u1",
+        turns=[
+            Turn(role="user", text="I loved Heat (1995), any crime movies?", items=["1"]),
+            Turn(role="system", text="Try The Usual Suspects (1995).", items=["3"]),
+            Turn(role="user", text="Seen it. Something with aliens?"),
+            Turn(role="system", text="Alien (1979) is a classic.", items=["4"]),
+        ],
+    )
+    d2 = Dialogue(
+        id="d2",
+        user_id="u2",
+        turns=[
+            Turn(role="user", text="Something for kids please"),
+            Turn(role="system", text="Toy Story (1995)!", items=["2"]),
+        ],
+    )
+    histories = {
+        "u1": UserHistory(
+            user_id="u1",
+            interactions=[
+                Interaction(item_id="1", rating=5, time=1),
+                Interaction(item_id="2", rating=1, time=2),
+                Interaction(item_id="4", rating=4, time=3),
+            ],
+        ),
+    }
+    return Dataset(
+        name="tiny",
+        catalog=Catalog(make_items(), name="tiny"),
+        splits={"train": [d1, d2], "test": [d1, d2]},
+        histories=histories,
+    )
+
+
+@pytest.fixture
+def tiny_dataset() -> Dataset:
+    return make_dataset()
