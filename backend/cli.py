@@ -200,6 +200,25 @@ def chat(
         dialogue.turns.append(Turn(role="system", text=reply.text, items=reply.item_ids[:1]))
 
 
+@app.command("serve")
+def serve(
+    config: Annotated[Path, typer.Option("--config", help="Server YAML (see backend/configs/default.yaml).")] = Path(
+        "backend/configs/default.yaml"
+    ),
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 to expose).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    device: Annotated[str | None, typer.Option(help="auto|cuda|cpu; overrides the file's `device`.")] = None,
+) -> None:
+    """Serve the configured models over HTTP with streaming (the demo's backend)."""
+    from backend.server import run_server
+
+    try:
+        run_server(config, host=host, port=port, device=device)
+    except (FileNotFoundError, ValueError) as err:  # bad config file or dataset
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+
+
 @llm_app.command("serve")
 def llm_serve(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (use --host to expose).")] = 8001,

@@ -56,8 +56,9 @@ class CRSModel(ABC):
     ) -> Iterator[str | Reply]:
         """Yield text deltas, then the final `Reply`. Models with a streaming LLM override this."""
         reply = self.respond(dialogue, history)
-        for word in reply.text.split(" "):
-            yield word + " "
+        words = reply.text.split(" ")
+        for i, word in enumerate(words):
+            yield word if i == len(words) - 1 else word + " "
         yield reply
 
     def save(self, path: Path) -> None:
