@@ -100,7 +100,7 @@ def models() -> None:
 def train_sasrec_cmd(
     dataset: DatasetArg = "movielens-100k",
     data_dir: DataDirOpt = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the training sequences.")] = 30,
+    epochs: Annotated[int, typer.Option(help="Passes over the training sequences.")] = 100,
     max_steps: Annotated[
         int, typer.Option(help="Stop after this many steps (0 = all epochs).")
     ] = 0,
@@ -116,8 +116,12 @@ def train_sasrec_cmd(
     ds = _load(dataset, data_dir)
     config = SASRecConfig(epochs=epochs, max_steps=max_steps, **parse_overrides(set_))
     path = train_sasrec(ds, config, out)
-    console.print(f"saved to {path}")
-    console.print_json((path / "metrics.json").read_text())
+    metrics = json.loads((path / "metrics.json").read_text())
+    last = metrics["train_loss"][-1] if metrics["train_loss"] else {}
+    console.print(
+        f"saved to {path}: {metrics['steps']} steps in {metrics['seconds']:.1f} s, final loss {last.get('loss', float('nan')):.3f}"
+    )
+    console.print_json(json.dumps({"valid": metrics["valid"]}))
 
 
 @app.command("eval")
@@ -202,12 +206,14 @@ def chat(
 
 @app.command("serve")
 def serve(
-    config: Annotated[Path, typer.Option("--config", help="Server YAML (see backend/configs/default.yaml).")] = Path(
-        "backend/configs/default.yaml"
-    ),
+    config: Annotated[
+        Path, typer.Option("--config", help="Server YAML (see backend/configs/default.yaml).")
+    ] = Path("backend/configs/default.yaml"),
     host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 to expose).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    device: Annotated[str | None, typer.Option(help="auto|cuda|cpu; overrides the file's `device`.")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto|cuda|cpu; overrides the file's `device`.")
+    ] = None,
 ) -> None:
     """Serve the configured models over HTTP with streaming (the demo's backend)."""
     from backend.server import run_server

@@ -35,3 +35,53 @@ def test_stream_yields_deltas_then_the_reply(tiny_dataset):
     assert isinstance(parts[-1], Reply)
     assert all(isinstance(p, str) for p in parts[:-1])
     assert "".join(parts[:-1]) == parts[-1].text
+
+
+def test_retrieval_runs_minilm_for_real_and_finds_the_genre(tiny_dataset):
+    model = create_model("retrieval", tiny_dataset, {"faiss_min_items": 1, "item_weight": 0.0})
+    reply = model.respond(
+        Dialogue(id="x", turns=[Turn(role="user", text="A scary space monster movie")])
+    )
+    assert reply.item_ids[0] in {"4", "5"}  # Alien / Aliens
+    assert [s.score for s in reply.items] == sorted((s.score for s in reply.items), reverse=True)
+    # faiss and the numpy path agree.
+    exact = create_model("retrieval", tiny_dataset, {"faiss_min_items": 10_000, "item_weight": 0.0})
+    assert (
+        exact.respond(
+            Dialogue(id="x", turns=[Turn(role="user", text="A scary space monster movie")])
+        ).item_ids
+        == reply.item_ids
+    )
+
+
+def test_sasrec_trains_saves_and_recommends_what_follows(tiny_dataset, tmp_path):
+    from backend.models.sasrec import SASRecConfig, train_sasrec
+
+    # Every training sequence goes Heat -> Usual Suspects, so that is what should follow Heat.
+    tiny_dataset.splits["train"] = [
+        Dialogue(
+            id=f"s{i}",
+            turns=[
+                Turn(role="user", text="", items=["1"]),
+                Turn(role="system", text="", items=["3"]),
+            ],
+        )
+        for i in range(20)
+    ]
+    tiny_dataset.histories = {}
+    cfg = SASRecConfig(epochs=40, hidden=16, max_len=5, batch_size=8, lr=0.01, dropout=0.0)
+    path = train_sasrec(tiny_dataset, cfg, tmp_path / "ckpt")
+    assert {p.name for p in path.iterdir()} == {"model.pt", "config.json", "metrics.json"}
+    model = create_model("sasrec", tiny_dataset, {"checkpoint": str(path)})
+    reply = model.respond(
+        Dialogue(id="q", turns=[Turn(role="user", text="I liked Heat", items=["1"])])
+    )
+    assert reply.item_ids[0] == "3"
+    assert model.config.hidden == 16  # architecture comes from the checkpoint
+    empty = model.respond(Dialogue(id="q", turns=[Turn(role="user", text="hello")]))
+    assert empty.trace[0].name == "fallback: popularity"
+
+
+def test_sasrec_without_checkpoint_says_how_to_train(tiny_dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="crs train sasrec --dataset tiny"):
+        create_model("sasrec", tiny_dataset, {"checkpoint": str(tmp_path / "none")})

@@ -22,30 +22,50 @@ SYSTEM_PROMPT = (
     "Inception (2010)."
 )
 
-_TITLE_YEAR = re.compile(r"([A-Z0-9][^\n()\"*:]{0,80}?)\s*\((\d{4})\)")
+# Up to eight words before "(YYYY)": the title is some suffix of them ("we loved Heat (1995)").
+_TITLE_YEAR = re.compile(r"((?:[^\s()\"*:,.!?]+ ){0,7}[^\s()\"*:,.!?]+)\s*\((\d{4})\)")
 _QUOTED = re.compile(r"[\"“*_]+([^\"”*_\n]{2,80})[\"”*_]+")
 _LIST_LINE = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s*(.+?)\s*(?:[-–:].*)?$", re.MULTILINE)
 
 
-def candidate_titles(text: str) -> list[str]:
-    """Strings in a reply that look like titles: "Title (Year)", quoted or bold names, list lines."""
-    found: list[str] = []
+def candidate_titles(text: str) -> list[list[str]]:
+    """Title mentions in a reply, each as its variants, most specific first.
+
+    "Title (Year)" gives every word suffix before the year ("love Heat (1995)", "Heat (1995)");
+    quoted or bold names and list lines give themselves.
+    """
+    found: list[tuple[int, list[str]]] = []
     for m in _TITLE_YEAR.finditer(text):
-        found.append(f"{m.group(1).strip()} ({m.group(2)})")
-    found += [m.group(1).strip() for m in _QUOTED.finditer(text)]
-    found += [m.group(1).strip(' *"') for m in _LIST_LINE.finditer(text)]
-    # Keep first mention order, drop repeats.
-    return list(dict.fromkeys(f for f in found if len(f) >= 2))
+        words = m.group(1).split()
+        found.append(
+            (m.start(), [f"{' '.join(words[i:])} ({m.group(2)})" for i in range(len(words))])
+        )
+    for pattern in (_QUOTED, _LIST_LINE):
+        for m in pattern.finditer(text):
+            name = m.group(1).strip(' *"')
+            if len(name) >= 2:
+                found.append((m.start(1), [name]))
+    mentions, seen = [], set()
+    for _, variants in sorted(found, key=lambda f: f[0]):
+        if variants[-1] not in seen:
+            seen.add(variants[-1])
+            mentions.append(variants)
+    return mentions
 
 
 def match_titles(text: str, catalog: Catalog, cutoff: float = 85.0) -> list[tuple[str, str, float]]:
-    """(candidate, item id, match score) for each candidate title that matches the catalog."""
+    """(matched variant, item id, match score) per title mention that matches the catalog."""
     matches, seen = [], set()
-    for candidate in candidate_titles(text):
-        found = catalog.search(candidate, limit=1, cutoff=cutoff)
-        if found and found[0][0] not in seen:
-            seen.add(found[0][0])
-            matches.append((candidate, found[0][0], found[0][1]))
+    for variants in candidate_titles(text):
+        best: tuple[str, str, float] | None = None
+        for variant in variants:
+            found = catalog.search(variant, limit=1, cutoff=cutoff)
+            # Strictly better only: on ties the longer, earlier variant is kept.
+            if found and (best is None or found[0][1] > best[2]):
+                best = (variant, found[0][0], found[0][1])
+        if best and best[1] not in seen:
+            seen.add(best[1])
+            matches.append(best)
     return matches
 
 

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 class RetrievalConfig(ModelConfig):
     context_turns: int = 4  # older turns dilute the query more than they help
     title_only: bool = False  # encode "title (year)" instead of the full metadata string
+    # Weight of the mentioned items' own vectors in the query: "more like these" beats their names.
+    item_weight: float = 1.0
     faiss_min_items: int = 2000  # below this a numpy dot product is as fast as an index
     device: str = "auto"
 
@@ -78,6 +80,11 @@ class Retrieval(CRSModel):
         histories = histories or [None] * len(dialogues)
         queries = [self.query_text(d) for d in dialogues]
         vectors = self.encoder.encode(queries).astype(np.float32)
+        for row, dialogue in zip(vectors, dialogues, strict=True):
+            known = [self.catalog.index[i] for i in dialogue.mentioned_items() if i in self.catalog]
+            if known and self.config.item_weight:
+                row += self.config.item_weight * self.item_vectors[known].mean(axis=0)
+                row /= np.linalg.norm(row)
         # Over-fetch so that excluding already-mentioned items still leaves top_k.
         excludes = [set(d.mentioned_items()) for d in dialogues]
         k = min(len(self.catalog), self.config.top_k + max(map(len, excludes), default=0))

@@ -43,9 +43,9 @@ class SASRecConfig(ModelConfig):
     # "ce": softmax over all items (Klenitskiy & Vasilev, RecSys 2023, found it far stronger);
     # "bce": the paper's one sampled negative per position.
     loss: str = "ce"
-    epochs: int = 30
+    epochs: int = 100
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 5e-3  # tuned on ML-100K leave-one-out: 1e-3 reached HR@10 0.025 in 30 epochs, 5e-3 0.071 in 100
     weight_decay: float = 0.0
     max_steps: int = 0  # 0 = run all epochs
     device: str = "auto"
@@ -191,7 +191,9 @@ def train_sasrec(dataset: Dataset, config: SASRecConfig, out_dir: Path | None = 
             s for s in (to_idx(d.mentioned_items()) for d in dataset.splits["dev"]) if len(s) >= 2
         ]
     else:
-        valid, train = train, [s[:-1] for s in train if len(s) >= 3]
+        # Leave-one-out: long sequences lend their last item to validation, short ones train whole.
+        valid = [s for s in train if len(s) >= 3]
+        train = [s[:-1] if len(s) >= 3 else s for s in train]
     if not train:
         raise ValueError(f"{dataset.name}: no training sequence has two or more catalog items")
 
@@ -277,8 +279,10 @@ class SASRec(CRSModel):
                 f"no SASRec checkpoint at {ckpt}; train one with `crs train sasrec --dataset {dataset.name}`"
             )
         saved = json.loads((ckpt / "config.json").read_text())
-        arch = {k: saved[k] for k in ("max_len", "hidden", "blocks", "heads") if k in saved}
-        self.config = SASRecConfig(**{**asdict(self.config), **arch})
+        # The checkpoint's training config describes the model; only run-time fields stay ours.
+        runtime = {k: getattr(self.config, k) for k in ("top_k", "device", "checkpoint")}
+        trained = {k: v for k, v in saved.items() if k in SASRecConfig.__dataclass_fields__}
+        self.config = SASRecConfig(**{**trained, **runtime})
         state = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
         if state["item_ids"] != self.catalog.ids:
             raise ValueError(
