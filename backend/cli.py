@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -39,6 +39,12 @@ SetOpt = Annotated[
 ]
 
 
+def fail(error: object) -> NoReturn:
+    """Print one unwrapped error line (file:line stays greppable) and exit with status 2."""
+    console.print(f"[red]error:[/red] {error}", soft_wrap=True, highlight=False)
+    raise typer.Exit(2)
+
+
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     """KEY=VALUE strings to a dict; values are parsed as JSON when they can be (numbers, booleans)."""
     out: dict[str, Any] = {}
@@ -58,8 +64,7 @@ def _load(dataset: str, data_dir: Path | None):
     try:
         return load_dataset(dataset, data_dir)
     except (DataFormatError, FileNotFoundError, KeyError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        fail(err)
 
 
 def _model(name: str, ds, overrides: dict[str, Any]):
@@ -68,8 +73,7 @@ def _model(name: str, ds, overrides: dict[str, Any]):
     try:
         return create_model(name, ds, overrides)
     except (KeyError, ValueError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        fail(err)
 
 
 @data_app.command("info")
@@ -147,8 +151,7 @@ def eval_cmd(
     try:
         result = evaluate(crs, ds, split, limit=limit, batch_size=batch_size, use_history=history)
     except KeyError as err:
-        console.print(f"[red]error:[/red] {err.args[0]}")
-        raise typer.Exit(2) from None
+        fail(err.args[0])
     if out:
         result.save(out)
         console.print(f"wrote {out}")
@@ -221,8 +224,7 @@ def serve(
     try:
         run_server(config, host=host, port=port, device=device)
     except (FileNotFoundError, ValueError) as err:  # bad config file or dataset
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        fail(err)
 
 
 @llm_app.command("serve")
