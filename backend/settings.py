@@ -21,7 +21,9 @@ class Settings:
     # Where ReDial / INSPIRED live; the repository's sibling ../shared/data by default.
     CRS_DATA_DIR: Path = field(
         default_factory=lambda: Path(
-            _env("CRS_DATA_DIR", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+            _env(
+                "CRS_DATA_DIR", str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+            )
         )
     )
     # "smollm2" (bundled GGUF), a HF model directory, or a model name served at CRS_LLM_BASE_URL.

