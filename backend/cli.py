@@ -112,11 +112,20 @@ def train_sasrec_cmd(
         Path | None,
         typer.Option(help="Checkpoint folder (default CRS_HOME/checkpoints/sasrec/<dataset>)."),
     ] = None,
+    skip_existing: Annotated[
+        bool, typer.Option(help="Do nothing if the checkpoint already exists.")
+    ] = False,
     set_: SetOpt = None,
 ) -> None:
     """Train SASRec on user histories or dialogue item sequences; saves weights, config and metrics."""
-    from backend.models.sasrec import SASRecConfig, train_sasrec
+    from backend.models.sasrec import SASRecConfig, default_checkpoint, train_sasrec
 
+    target = out or default_checkpoint(dataset)
+    if skip_existing and (target / "model.pt").exists():
+        console.print(
+            f"sasrec checkpoint already at {target}; skipping (drop --skip-existing to retrain)"
+        )
+        return
     ds = _load(dataset, data_dir)
     config = SASRecConfig(epochs=epochs, max_steps=max_steps, **parse_overrides(set_))
     path = train_sasrec(ds, config, out)

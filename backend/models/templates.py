@@ -11,7 +11,10 @@ def recommendation_text(items: list[Item]) -> str:
         return "I'm not sure what to suggest yet. Could you tell me a movie you liked?"
     first = items[0]
     genres = "/".join(g.lower() for g in first.genres[:2])
-    text = f"You might enjoy {first.display_title}" + (f", a {genres} film." if genres else ".")
+    article = "an" if genres[:1] in tuple("aeiou") else "a"
+    text = f"You might enjoy {first.display_title}" + (
+        f", {article} {genres} film." if genres else "."
+    )
     others = [i.display_title for i in items[1:3]]
     if others:
         text += " If that's not it, try " + " or ".join(others) + "."
