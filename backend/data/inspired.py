@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
-import json
 import logging
 import re
 from collections import Counter, defaultdict
@@ -24,7 +23,7 @@ from pathlib import Path
 from rapidfuzz import fuzz
 
 from backend.catalog import Catalog, normalize_title, split_year
-from backend.data.base import DataFormatError, Dataset
+from backend.data.base import DataFormatError, Dataset, read_json
 from backend.types import Dialogue, Item, Role, Turn
 
 log = logging.getLogger(__name__)
@@ -216,10 +215,7 @@ class _PecrsUtterance:
 
 
 def _read_pecrs(path: Path) -> list[list[_PecrsUtterance]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataFormatError(path, err.lineno, f"invalid JSON: {err.msg}") from None
+    data = read_json(path)
     if not isinstance(data, list):
         raise DataFormatError(path, 1, "expected a JSON list of dialogues")
     dialogues: list[list[_PecrsUtterance]] = []

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from backend.catalog import Catalog, split_year
-from backend.data.base import DataFormatError, Dataset
+from backend.data.base import DataFormatError, Dataset, read_json
 from backend.types import Dialogue, Item, Turn
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,7 @@ def _str_list(value: Any, path: Path, movie_id: str, key: str) -> tuple[str, ...
 
 def _enrich(items: dict[str, Item], path: Path) -> int:
     """Add id2info.json metadata to ``items`` (adding movies the csv lacks); returns entries read."""
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataFormatError(path, err.lineno, f"invalid JSON: {err.msg}") from None
+    info = read_json(path)
     if not isinstance(info, dict):
         raise DataFormatError(path, 1, "expected an object {movieId: {...}}")
     for movie_id, meta in info.items():
