@@ -23,12 +23,12 @@ from backend.llm import (
     GenerationConfig,
     LLMUnavailableError,
     LocalLLM,
-    OpenAILLM,
     _StopFilter,
     best_device,
     cut_at_stop,
     get_llm,
 )
+from backend.llm_remote import OpenAILLM
 from backend.openai_server import create_app
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
