@@ -181,6 +181,7 @@ def chat(
     set_: SetOpt = None,
 ) -> None:
     """Chat with a model in the terminal (empty line or Ctrl-D quits)."""
+    from backend.mentions import link_user_turn
     from backend.types import Dialogue, Reply, Turn
 
     ds = _load(dataset, data_dir)
@@ -201,7 +202,7 @@ def chat(
             break
         if not text:
             break
-        dialogue.turns.append(Turn(role="user", text=text))
+        dialogue.turns.append(link_user_turn(Turn(role="user", text=text), crs.catalog))
         console.print(f"[bold blue]{crs.name}>[/bold blue] ", end="")
         reply: Reply | None = None
         for part in crs.stream(dialogue, history):

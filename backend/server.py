@@ -35,6 +35,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from backend.data.base import Dataset
+from backend.mentions import link_user_turn
 from backend.registry import CRSModel, create_model, model_class
 from backend.types import Dialogue, Item, Reply, UserHistory
 
@@ -319,7 +320,13 @@ async def model_call(name: str, body: RespondRequest, request: Request) -> Model
     """Dependency of the respond/stream routes: errors become 4xx before any event is streamed."""
     host: ModelHost = request.app.state.host
     served = host.ready(name)
-    return ModelCall(served, body.dialogue, host.check_request(body))
+    history = host.check_request(body)
+    # Titles the user typed become item ids, so models treat them as already mentioned.
+    turns = [
+        *body.dialogue.turns[:-1],
+        link_user_turn(body.dialogue.turns[-1], host.dataset.catalog),
+    ]
+    return ModelCall(served, body.dialogue.model_copy(update={"turns": turns}), history)
 
 
 # ----------------------------------------------------------------------------- streaming

@@ -1,7 +1,7 @@
 import pytest
 
 from backend.catalog import Catalog
-from backend.models.llm_zero_shot import candidate_titles, match_titles
+from backend.mentions import candidate_titles, link_user_turn, match_titles
 from backend.registry import create_model
 from backend.types import Dialogue, Reply, Turn
 from tests.conftest import make_items
@@ -18,6 +18,16 @@ def test_fuzzy_matching_maps_names_to_catalog_ids_in_order():
     catalog = Catalog(make_items())
     text = "You'd love Usual Suspects (1995), and also Heat (1986). Not The Matrix (1999)."
     assert [m[1] for m in match_titles(text, catalog)] == ["3", "6"]
+
+
+def test_user_turns_get_linked_items_once():
+    catalog = Catalog(make_items())
+    linked = link_user_turn(
+        Turn(role="user", text='I loved "Usual Suspects" and Alien (1979)'), catalog
+    )
+    assert linked.items == ["3", "4"]
+    kept = Turn(role="user", text="Heat (1995)", items=["6"])
+    assert link_user_turn(kept, catalog) is kept
 
 
 @pytest.mark.timeout(300)
