@@ -5,7 +5,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/crs chat popularity --dataset movielens-100k
+	.venv/bin/crs chat retrieval --dataset movielens-100k
 
 test:
 	.venv/bin/pytest -q
