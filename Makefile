@@ -5,7 +5,8 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/crs chat retrieval --dataset movielens-100k
+	.venv/bin/crs train sasrec --dataset movielens-100k --skip-existing
+	.venv/bin/crs demo
 
 test:
 	.venv/bin/pytest -q

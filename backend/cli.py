@@ -237,6 +237,30 @@ def serve(
         fail(err)
 
 
+@app.command("demo")
+def demo(
+    backend: Annotated[
+        str | None, typer.Option(help="URL of a running `crs serve`; default: start one here.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Backend YAML when starting one here.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 to expose).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the web page.")] = 7860,
+    db_url: Annotated[
+        str | None,
+        typer.Option(help="Database for votes (default CRS_DB_URL or SQLite in CRS_HOME)."),
+    ] = None,
+) -> None:
+    """Start the Gradio demo: Chat, Arena (side by side, blind or named, votes) and Leaderboard."""
+    from app.main import launch
+
+    try:
+        launch(backend_url=backend, config_path=config, host=host, port=port, db_url=db_url)
+    except (FileNotFoundError, ValueError) as err:
+        fail(err)
+
+
 @llm_app.command("serve")
 def llm_serve(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (use --host to expose).")] = 8001,

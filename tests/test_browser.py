@@ -1,0 +1,159 @@
+"""End to end in a real browser: `crs demo` in a subprocess, driven by Playwright in Chromium.
+
+Chats in the Chat tab, plays one blind Arena round, votes, and checks the database; saves a
+screenshot of each tab under ``test-artifacts/`` (override with ``CRS_TEST_ARTIFACTS``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from db.arena import list_votes
+from db.session import init_db
+from tests.conftest import REPO
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("CRS_TEST_ARTIFACTS", REPO / "test-artifacts"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A running `crs demo` on popularity + retrieval over MovieLens-100K; yields (url, db_url)."""
+    tmp = tmp_path_factory.mktemp("demo")
+    config = tmp / "backend.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"dataset": "movielens-100k", "models": [{"name": "retrieval"}, {"name": "popularity"}]}
+        )
+    )
+    db_url = f"sqlite:///{tmp / 'crs.sqlite'}"
+    port = _free_port()
+    log = (tmp / "demo.log").open("w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "crs"), "demo", "--config", str(config)]
+        + ["--port", str(port), "--db-url", db_url],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"crs demo exited with {proc.returncode}:\n{(tmp / 'demo.log').read_text()}"
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(f"crs demo did not answer in 300 s:\n{(tmp / 'demo.log').read_text()}")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        yield url, db_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(demo):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.set_default_timeout(120_000)  # first replies load MiniLM on 2 CPU cores
+        page.goto(demo[0])
+        yield page
+        browser.close()
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_chat_tab_shows_a_streamed_reply_with_item_cards(page):
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#chat-input textarea").fill("I loved Alien (1979). Something scary in space?")
+    page.locator("#chat-send").click()
+    cards = page.locator("#chat-cards .crs-card")
+    cards.first.wait_for()
+    assert cards.count() >= 3
+    titles = cards.locator("h4").all_inner_texts()
+    assert all(re.match(r"\d+\. .+", t) for t in titles)
+    assert not any("Alien (1979)" in t for t in titles)  # what the user named is not re-recommended
+    genres = " ".join(cards.locator(".meta").all_inner_texts())
+    assert "Sci-Fi" in genres or "Horror" in genres  # retrieval heard "scary in space"
+    page.locator("#chat-chart .js-plotly-plot").wait_for()  # the score chart rendered
+    assert page.locator("#chat-bot").get_by_text("Alien (1979)", exact=False).count() >= 1
+    _shot(page, "chat")
+
+
+def test_blind_arena_round_vote_is_stored_with_hidden_names_and_sides(page, demo):
+    page.get_by_role("tab", name="Arena").click()
+    page.locator("#arena-input textarea").fill("A funny movie for tonight, please")
+    page.locator("#arena-send").click()
+    vote_a = page.locator("#vote-A")
+    page.wait_for_function("() => !document.querySelector('#vote-A').disabled")
+    for side in ("a", "b"):  # each side shows its recommended items
+        page.locator(f"#arena-items-{side} .crs-card").first.wait_for()
+    # Blind: the panels carry no model names until the vote.
+    labels = page.locator("#arena-chat-a, #arena-chat-b").all_inner_texts()
+    assert not any(name in " ".join(labels) for name in ("popularity", "retrieval"))
+    _shot(page, "arena-before-vote")
+
+    vote_a.click()
+    status = page.locator("#arena-status")
+    status.get_by_text("Model A was").wait_for()
+    revealed = re.search(r"Model A was (\S+), Model B was (\S+)\.", status.inner_text())
+    assert revealed, status.inner_text()
+    left, right = revealed.groups()
+    assert {left, right} == {"popularity", "retrieval"}
+    page.wait_for_function("() => document.querySelector('#vote-B').disabled")  # one vote per round
+    _shot(page, "arena-after-vote")
+
+    (vote,) = list_votes(init_db(demo[1]), blind_only=True)
+    assert (vote.mode, vote.vote, vote.left_model) == ("blind", "A", left)
+    assert {vote.model_a, vote.model_b} == {left, right}
+    assert vote.conversation_a["turns"][0]["text"] == "A funny movie for tonight, please"
+    assert vote.conversation_a["turns"][-1]["role"] == "system"
+
+
+def test_leaderboard_tab_ranks_the_voted_models(page):
+    page.get_by_role("tab", name="Leaderboard").click()
+    page.locator("#leaderboard-refresh").click()
+    page.locator("#leaderboard-summary").get_by_text("1 blind vote.", exact=False).wait_for()
+    table = page.locator("#leaderboard-table")
+    assert "popularity" in table.inner_text() and "retrieval" in table.inner_text()
+    _shot(page, "leaderboard")
