@@ -6,13 +6,23 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from backend.data import DATASETS, DataFormatError, load_dataset
+from backend.cli_annotation import annotate, annotators_app, export, tasks_app
+from backend.cli_common import (
+    DataDirOpt,
+    DatasetArg,
+    SetOpt,
+    console,
+    fail,
+    load_or_fail,
+    model_or_fail,
+    parse_overrides,
+)
+from backend.data import DATASETS
 
 app = typer.Typer(
     help="CRS Arena: demo, annotate and evaluate conversational recommenders.", no_args_is_help=True
@@ -25,55 +35,6 @@ llm_app = typer.Typer(help="The LLM runtime.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(llm_app, name="llm")
-console = Console()
-
-DatasetArg = Annotated[str, typer.Option("--dataset", "-d", help=f"One of: {', '.join(DATASETS)}.")]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Folder of the dataset files (default: CRS_DATA_DIR/<dataset>)."
-    ),
-]
-SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Model config override KEY=VALUE (repeatable).")
-]
-
-
-def fail(error: object) -> NoReturn:
-    """Print one unwrapped error line (file:line stays greppable) and exit with status 2."""
-    console.print(f"[red]error:[/red] {error}", soft_wrap=True, highlight=False)
-    raise typer.Exit(2)
-
-
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """KEY=VALUE strings to a dict; values are parsed as JSON when they can be (numbers, booleans)."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise typer.BadParameter(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def _load(dataset: str, data_dir: Path | None):
-    """Load a dataset, turning data errors into one readable line and exit code 2."""
-    try:
-        return load_dataset(dataset, data_dir)
-    except (DataFormatError, FileNotFoundError, KeyError, ValueError) as err:
-        fail(err)
-
-
-def _model(name: str, ds, overrides: dict[str, Any]):
-    from backend.registry import create_model
-
-    try:
-        return create_model(name, ds, overrides)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        fail(err)
 
 
 @data_app.command("info")
@@ -82,7 +43,7 @@ def data_info(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Print counts: dialogues, turns, items, users, turns with a recommendation."""
-    ds = _load(dataset, data_dir)
+    ds = load_or_fail(dataset, data_dir)
     table = Table(title=f"{ds.name}")
     table.add_column("what")
     table.add_column("count", justify="right")
@@ -126,7 +87,7 @@ def train_sasrec_cmd(
             f"sasrec checkpoint already at {target}; skipping (drop --skip-existing to retrain)"
         )
         return
-    ds = _load(dataset, data_dir)
+    ds = load_or_fail(dataset, data_dir)
     config = SASRecConfig(epochs=epochs, max_steps=max_steps, **parse_overrides(set_))
     path = train_sasrec(ds, config, out)
     metrics = json.loads((path / "metrics.json").read_text())
@@ -155,8 +116,8 @@ def eval_cmd(
     """Run MODEL over every recommender turn of a split and report ranking and text metrics."""
     from backend.eval.evaluate import evaluate
 
-    ds = _load(dataset, data_dir)
-    crs = _model(model, ds, parse_overrides(set_))
+    ds = load_or_fail(dataset, data_dir)
+    crs = model_or_fail(model, ds, parse_overrides(set_))
     try:
         result = evaluate(crs, ds, split, limit=limit, batch_size=batch_size, use_history=history)
     except KeyError as err:
@@ -184,8 +145,8 @@ def chat(
     from backend.mentions import link_user_turn
     from backend.types import Dialogue, Reply, Turn
 
-    ds = _load(dataset, data_dir)
-    crs = _model(model, ds, parse_overrides(set_))
+    ds = load_or_fail(dataset, data_dir)
+    crs = model_or_fail(model, ds, parse_overrides(set_))
     history = ds.histories.get(user) if user else None
     if user and history is None:
         console.print(
@@ -275,6 +236,13 @@ def llm_serve(
 
     llm = get_llm(model)
     uvicorn.run(create_app(llm, llm.name), host=host, port=port)
+
+
+# Human evaluation (backend/cli_annotation.py), listed after the model commands.
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(annotators_app, name="annotators")
+app.command("annotate")(annotate)
+app.command("export")(export)
 
 
 def main() -> None:
