@@ -103,9 +103,11 @@ def export_campaign(
             written.append(path)
     for name, figure in figures(frame).items():
         path = out / f"figure_{name}.html"
-        # Inline plotly.js (about 4 MB) so the page opens without a network connection.
-        figure.write_html(path, include_plotlyjs=True, full_html=True)
+        # plotly.min.js is written once beside the pages, so they open without a network.
+        figure.write_html(path, include_plotlyjs="directory", full_html=True)
         written.append(path)
+    if (out / "plotly.min.js").exists():
+        written.append(out / "plotly.min.js")
 
     metrics_path = out / "metrics.json"
     metrics = {
