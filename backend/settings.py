@@ -34,6 +34,10 @@ class Settings:
     # "auto" picks cuda > mps > cpu.
     CRS_DEVICE: str = field(default_factory=lambda: _env("CRS_DEVICE", "auto"))
     CRS_DB_URL: str = field(default_factory=lambda: _env("CRS_DB_URL", ""))
+    # Base URL of the annotation app in annotators' personal links (`crs annotate` sets its own).
+    CRS_ANNOTATE_URL: str = field(
+        default_factory=lambda: _env("CRS_ANNOTATE_URL", "http://localhost:8501")
+    )
 
     @property
     def checkpoints(self) -> Path:

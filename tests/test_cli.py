@@ -75,7 +75,23 @@ def test_eval_unknown_split_and_model_fail_cleanly():
 
 
 @pytest.mark.parametrize(
-    "command", ["data info", "models", "chat", "train sasrec", "eval", "serve", "demo", "llm serve"]
+    "command",
+    [
+        "data info",
+        "models",
+        "chat",
+        "train sasrec",
+        "eval",
+        "serve",
+        "demo",
+        "llm serve",
+        "tasks create",
+        "tasks import",
+        "tasks assign",
+        "annotators add",
+        "annotate",
+        "export",
+    ],
 )
 def test_every_command_is_in_the_readme(command):
     assert f"crs {command}" in README

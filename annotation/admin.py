@@ -1,0 +1,162 @@
+"""The admin pages: annotators and their links, campaign progress, attention checks, results.
+
+Shown only to annotators with role "admin". Tables go through ``st.dataframe``, which displays
+cell text as text, so names and answers from the database cannot inject markup.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import Engine
+
+from annotation import display
+from db import annotation as ann
+
+
+def page(engine: Engine) -> None:
+    """All admin sections; the campaign sections work on the campaign picked at the top."""
+    st.title("Annotation admin")
+    annotators, progress, checks, results = st.tabs(
+        ["Annotators", "Progress", "Attention checks", "Results"]
+    )
+    with annotators:
+        _annotators(engine)
+    campaigns = [c.name for c in ann.list_campaigns(engine)]
+    if not campaigns:
+        for tab in (progress, checks, results):
+            tab.info("No campaigns yet. Create one and import tasks with the `crs` CLI.")
+        return
+    campaign = st.sidebar.selectbox("Campaign", campaigns, key="admin_campaign")
+    with progress:
+        _progress(engine, campaign)
+    with checks:
+        _attention(engine, campaign)
+    with results:
+        _results(engine, campaign)
+
+
+def _annotators(engine: Engine) -> None:
+    with st.form("new_annotator", clear_on_submit=True):
+        st.markdown("**New annotator**")
+        name = st.text_input("Name (a pseudonym is enough)")
+        role = st.radio("Role", ann.ROLES, horizontal=True)
+        created = st.form_submit_button("Create")
+    if created:
+        try:
+            annotator, token = ann.create_annotator(engine, name, role)
+        except ValueError as error:
+            st.error(str(error))
+        else:
+            _show_link(annotator.name, token)
+
+    people = ann.list_annotators(engine)
+    if not people:
+        return
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {"name": a.name, "role": a.role, "excluded": a.excluded, "created": a.created_at}
+                for a in people
+            ]
+        ),
+        hide_index=True,
+    )
+    st.markdown("**Lost link?** A new link replaces the old one, which stops working.")
+    who = st.selectbox("Annotator", [a.name for a in people], key="relink_name")
+    if st.button("New link"):
+        _show_link(who, ann.reset_token(engine, who))
+
+
+def _show_link(name: str, token: str) -> None:
+    st.success(f"Personal link for {display.plain(name)} (shown once; send it to them):")
+    st.code(ann.annotate_url(token), language=None)
+
+
+def _progress(engine: Engine, campaign: str) -> None:
+    if st.button("Assign tasks", help="Give unassigned tasks to annotators; safe to repeat"):
+        try:
+            added = ann.assign_tasks(engine, campaign)
+        except ValueError as error:
+            st.error(str(error))
+        else:
+            st.success(f"{added} new assignments.")
+    rows = ann.campaign_progress(engine, campaign)
+    if not rows:
+        st.info("Nobody has tasks in this campaign yet: create annotators, then Assign tasks.")
+        return
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "annotator": r.name,
+                    "done": r.progress.done,
+                    "skipped": r.progress.skipped,
+                    "pending": r.progress.pending,
+                    "total": r.progress.total,
+                    "excluded": r.excluded,
+                }
+                for r in rows
+            ]
+        ),
+        hide_index=True,
+    )
+
+
+def _attention(engine: Engine, campaign: str) -> None:
+    rates = ann.attention_pass_rates(engine, campaign)
+    if not rates:
+        st.info("This campaign has no attention-check (gold) tasks.")
+        return
+    excluded = {a.name: a.excluded for a in ann.list_annotators(engine)}
+    st.caption("Excluded annotators keep their judgments, but analyses leave them out.")
+    for name, (passed, total) in rates.items():
+        share = f"{passed / total:.0%}" if total else "–"
+        left, right = st.columns([3, 1])
+        left.markdown(f"{display.plain(name)}: {passed} of {total} passed ({share})")
+        wanted = right.toggle("Excluded", value=excluded[name], key=f"exclude-{name}")
+        if wanted != excluded[name]:
+            ann.set_excluded(engine, name, wanted)
+
+
+def _analysis_module() -> ModuleType | None:
+    # Imported lazily: the statistics stack (scipy, statsmodels) is only needed on this tab.
+    try:
+        return importlib.import_module("db.analysis")
+    except ModuleNotFoundError as error:
+        if error.name != "db.analysis":
+            raise
+        return None
+
+
+def _results(engine: Engine, campaign: str) -> None:
+    analysis = _analysis_module()
+    if analysis is None:
+        st.info("Results need db/analysis.py, which is not installed in this checkout.")
+        return
+    frame = analysis.judgments_frame(engine, campaign)
+    if frame.empty:
+        st.info("No judgments yet.")
+        return
+    st.caption(
+        f"{len(frame)} judgments (latest revisions; excluded annotators and checks left out)"
+    )
+    sections: list[tuple[str, Any]] = [
+        ("Ratings", analysis.rating_summary),
+        ("Pairwise comparisons", analysis.pairwise_summary),
+        ("Agreement", analysis.agreement),
+    ]
+    for title, summarise in sections:
+        table = summarise(frame)
+        if not table.empty:
+            st.subheader(title)
+            st.dataframe(table, hide_index=True)
+    for name, figure in analysis.figures(frame).items():
+        st.plotly_chart(figure, key=f"figure-{name}")
+    if frame["rating"].notna().any():
+        fmt = st.radio("Paper table", ["markdown", "latex"], horizontal=True, key="table_fmt")
+        st.code(analysis.paper_table(frame, fmt), language=fmt)
