@@ -49,9 +49,14 @@ def page(engine: Engine, annotator: Annotator) -> None:
     if first_visit:
         st.subheader("Before you start")
         display.guidelines(campaign.guidelines, campaign.criteria)
-        if st.button("Start", type="primary", shortcut="Ctrl+Enter"):
-            st.session_state.setdefault(READ_GUIDELINES, set()).add(campaign.id)
-            st.rerun()
+        # A callback, not st.rerun(): the task page is drawn by the click's own run.
+        st.button(
+            "Start",
+            type="primary",
+            shortcut="Ctrl+Enter",
+            on_click=_read_guidelines,
+            args=(campaign.id,),
+        )
         return
     with st.expander("Guidelines and rating scales"):
         display.guidelines(campaign.guidelines, campaign.criteria)
@@ -64,6 +69,10 @@ def page(engine: Engine, annotator: Annotator) -> None:
         _finished(entries)
         return
     _task(engine, annotator, entries, current)
+
+
+def _read_guidelines(campaign_id: int) -> None:
+    st.session_state[READ_GUIDELINES] = {*st.session_state.get(READ_GUIDELINES, set()), campaign_id}
 
 
 def _go(assignment_id: int | None) -> None:

@@ -44,6 +44,9 @@ def launch(db_url: str | None, port: int, host: str) -> None:
         "true",
         "--browser.gatherUsageStats",
         "false",
+        # Annotators need no "Deploy" button or developer menu.
+        "--client.toolbarMode",
+        "viewer",
     ]
     log.info("annotation app at http://%s:%d", host, port)
     try:

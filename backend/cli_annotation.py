@@ -157,7 +157,7 @@ def tasks_create(
         answers[REFERENCE_SYSTEM] = [reference_response(d, i, titles) for d, i in contexts]
     ordered = {name: answers[name] for name in names}
     records = records_from_outputs(ds.name, contexts, ordered, kinds)
-    records += make_checks(ds.name, contexts, target, attention_checks, seed)
+    records += make_checks(ds.name, contexts, target, attention_checks, kinds, seed)
     try:
         created = add_tasks(engine, campaign, records)
     except (LookupError, ValueError) as err:

@@ -241,23 +241,29 @@ def records_from_outputs(
 
 
 def attention_checks(
-    source: str, contexts: Sequence[tuple[Dialogue, int]], campaign: Campaign, n: int, seed: int = 0
+    source: str,
+    contexts: Sequence[tuple[Dialogue, int]],
+    campaign: Campaign,
+    n: int,
+    kinds: Iterable[str],
+    seed: int = 0,
 ) -> list[TaskRecord]:
-    """``n`` instructed-response tasks: the response itself says what the right answer is.
+    """``n`` instructed-response tasks per kind: the response itself says what the right answer is.
 
     Rating checks expect the lowest score on every rating criterion; pairwise checks put the
     instruction in response A and a real-looking response in B and expect "A" everywhere.
     """
     rng = random.Random(seed)
+    kinds = set(kinds)
     records = []
     for k in range(n):
         dialogue, index = rng.choice(list(contexts))
         context, context_id = dialogue.prefix(index), f"attention-{k}:{dialogue.id}:{index}"
-        if "rating" in campaign.task_kinds:
+        if "rating" in kinds:
             gold = {c["name"]: c["scale"][0] for c in criteria_for(campaign, "rating")}
             check = SystemResponse(system="attention-check", text=ATTENTION_RATING, items=[])
             records.append(TaskRecord("attention", context_id, context, check, gold=gold))
-        if "pairwise" in campaign.task_kinds:
+        if "pairwise" in kinds:
             gold = {c["name"]: "A" for c in criteria_for(campaign, "pairwise")}
             check = SystemResponse(system="attention-check", text=ATTENTION_PAIRWISE, items=[])
             other = SystemResponse(
