@@ -44,4 +44,7 @@ def main() -> None:
     annotate.page(engine, annotator)
 
 
-main()
+# Streamlit runs this file as __main__; the guard keeps a multiprocessing child that re-imports
+# the main module (spawn) from starting the app.
+if __name__ == "__main__":
+    main()
