@@ -1,4 +1,4 @@
-"""The admin pages: annotators and their links, campaign progress, attention checks, results.
+"""The admin pages: annotators and their links, task import, progress, attention checks, results.
 
 Shown only to annotators with role "admin". Tables go through ``st.dataframe``, which displays
 cell text as text, so names and answers from the database cannot inject markup.
@@ -6,8 +6,8 @@ cell text as text, so names and answers from the database cannot inject markup.
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -16,20 +16,24 @@ from sqlalchemy import Engine
 
 from annotation import display
 from db import annotation as ann
+from db.campaigns import TEMPLATES
+from db.tasks import import_task_file
 
 
 def page(engine: Engine) -> None:
     """All admin sections; the campaign sections work on the campaign picked at the top."""
     st.title("Annotation admin")
-    annotators, progress, checks, results = st.tabs(
-        ["Annotators", "Progress", "Attention checks", "Results"]
+    annotators, imports, progress, checks, results = st.tabs(
+        ["Annotators", "Import tasks", "Progress", "Attention checks", "Results"]
     )
     with annotators:
         _annotators(engine)
+    with imports:
+        _import(engine)
     campaigns = [c.name for c in ann.list_campaigns(engine)]
     if not campaigns:
         for tab in (progress, checks, results):
-            tab.info("No campaigns yet. Create one and import tasks with the `crs` CLI.")
+            tab.info("No campaigns yet: import tasks (tab above) or run `crs tasks create`.")
         return
     campaign = st.sidebar.selectbox("Campaign", campaigns, key="admin_campaign")
     with progress:
@@ -70,6 +74,37 @@ def _annotators(engine: Engine) -> None:
     who = st.selectbox("Annotator", [a.name for a in people], key="relink_name")
     if st.button("New link"):
         _show_link(who, ann.reset_token(engine, who))
+
+
+def _import(engine: Engine) -> None:
+    """Upload a CSV / JSONL task file (schema in the README) into a new or existing campaign."""
+    with st.form("import_tasks", clear_on_submit=False):
+        upload = st.file_uploader("Task file (.csv or .jsonl)", type=["csv", "jsonl"])
+        campaign = st.text_input("Campaign (new or existing)")
+        template = st.selectbox("Protocol for a new campaign", list(TEMPLATES))
+        overlap = st.number_input("Annotators per task (new campaign)", 1, 20, 3)
+        submitted = st.form_submit_button("Import")
+    if not submitted:
+        return
+    if upload is None or not campaign.strip():
+        st.error("Choose a file and name the campaign.")
+        return
+    name = campaign.strip()
+    with tempfile.TemporaryDirectory() as folder:
+        # The reader reports problems as file:line, so the file keeps its uploaded name.
+        path = Path(folder) / Path(upload.name).name
+        path.write_bytes(upload.getvalue())
+        try:
+            read, created = import_task_file(engine, path, name, template, int(overlap))
+        except (KeyError, LookupError, ValueError) as error:
+            st.error("Nothing was imported.")
+            st.text(str(error.args[0]).replace(folder + "/", ""))
+            return
+    try:
+        assigned = f"{ann.assign_tasks(engine, name)} new assignment(s)"
+    except ValueError as error:  # no annotators yet
+        assigned = str(error)
+    st.success(f"{read} task(s) read, {created} new in {display.plain(name)}; {assigned}.")
 
 
 def _show_link(name: str, token: str) -> None:
@@ -123,21 +158,10 @@ def _attention(engine: Engine, campaign: str) -> None:
             ann.set_excluded(engine, name, wanted)
 
 
-def _analysis_module() -> ModuleType | None:
-    # Imported lazily: the statistics stack (scipy, statsmodels) is only needed on this tab.
-    try:
-        return importlib.import_module("db.analysis")
-    except ModuleNotFoundError as error:
-        if error.name != "db.analysis":
-            raise
-        return None
-
-
 def _results(engine: Engine, campaign: str) -> None:
-    analysis = _analysis_module()
-    if analysis is None:
-        st.info("Results need db/analysis.py, which is not installed in this checkout.")
-        return
+    # Imported here: the statistics stack (scipy, statsmodels) is only needed on this tab.
+    from db import analysis
+
     frame = analysis.judgments_frame(engine, campaign)
     if frame.empty:
         st.info("No judgments yet.")

@@ -96,7 +96,8 @@ class Catalog:
         """Fuzzy title search: ``[(item_id, score 0-100), ...]`` best first.
 
         An exact normalised title (and year, when the query has one) wins outright; otherwise
-        rapidfuzz's WRatio ranks titles, ties broken towards the matching year.
+        rapidfuzz's token-set ratio ranks titles (a title inside a longer phrase still scores 100,
+        a single shared word such as "the" does not), ties broken towards the matching year.
         """
         title, year = split_year(query)
         key = normalize_title(title)
@@ -108,18 +109,24 @@ class Catalog:
         if hit is not None and limit == 1:
             return [(hit, 100.0)]
         matches = process.extract(
-            key, self._search_keys, scorer=fuzz.WRatio, limit=limit * 3, score_cutoff=cutoff
+            key,
+            self._search_keys,
+            scorer=fuzz.token_set_ratio,
+            limit=limit * 3,
+            score_cutoff=cutoff,
         )
-        results: dict[str, float] = {}
+        # (score, year matches): an exact title first, then the score, the year breaking ties
+        # so that "Heat (1986)" picks the 1986 film among two equally close "Heat"s.
+        results: dict[str, tuple[float, bool]] = {}
         if hit is not None:
-            results[hit] = 100.0
+            results[hit] = (101.0, True)
         for _, score, idx in matches:
             item_id = self.ids[idx]
-            # A matching year is worth a small bonus so "Heat (1995)" beats "Heat (1986)".
-            bonus = 1.0 if year is not None and self._items[item_id].year == year else 0.0
-            results.setdefault(item_id, min(100.0, score + bonus))
-        ranked = sorted(results.items(), key=lambda kv: -kv[1])
-        return ranked[:limit]
+            results.setdefault(
+                item_id, (score, year is not None and self._items[item_id].year == year)
+            )
+        ranked = sorted(results.items(), key=lambda kv: (-kv[1][0], not kv[1][1]))
+        return [(item_id, min(100.0, score)) for item_id, (score, _) in ranked[:limit]]
 
     def match(self, query: str, cutoff: float = 85.0) -> str | None:
         """The single best catalog id for a title, or None when nothing is close enough."""

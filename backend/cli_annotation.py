@@ -181,20 +181,14 @@ def tasks_import(
     db_url: DbOpt = None,
 ) -> None:
     """Import tasks from a file; a bad row is reported with its line and nothing is imported."""
-    from db.campaigns import create_campaign
-    from db.tasks import add_tasks, read_task_file
+    from db.tasks import import_task_file
 
-    try:
-        records = read_task_file(file)
-    except (FileNotFoundError, ValueError) as err:
-        fail(err)
     engine = _engine(db_url)
     try:
-        create_campaign(engine, campaign, template, overlap=overlap)
-        created = add_tasks(engine, campaign, records)
-    except (KeyError, LookupError, ValueError) as err:
-        fail(f"{file}: {err.args[0]}")
-    console.print(f"{file}: {len(records)} task(s) read, {created} new in campaign {campaign!r}")
+        read, created = import_task_file(engine, file, campaign, template, overlap)
+    except (FileNotFoundError, KeyError, LookupError, ValueError) as err:
+        fail(err.args[0] if isinstance(err, KeyError) else err)
+    console.print(f"{file}: {read} task(s) read, {created} new in campaign {campaign!r}")
     _assign_if_possible(engine, campaign)
 
 

@@ -35,7 +35,7 @@ from sqlalchemy import Engine, func, select
 from tqdm.auto import tqdm
 
 from backend.types import Dialogue, Reply, ScoredItem, Turn
-from db.campaigns import criteria_for
+from db.campaigns import create_campaign, criteria_for
 from db.schema import Campaign, Context, Response, System, Task
 from db.session import get_or_create, session_scope
 
@@ -79,6 +79,7 @@ class TaskRecord:
     response_a: SystemResponse
     response_b: SystemResponse | None = None
     gold: dict[str, Any] | None = None
+    origin: str = ""  # "file:line" for imported rows, so errors point at the row
 
     @property
     def kind(self) -> str:
@@ -124,7 +125,10 @@ def add_tasks(engine: Engine | None, campaign_name: str, records: Sequence[TaskR
         if campaign is None:
             raise LookupError(f"no campaign {campaign_name!r}; create it first (crs tasks create)")
         for record in records:
-            check_record(record, campaign)
+            try:
+                check_record(record, campaign)
+            except ValueError as err:
+                raise ValueError(f"{record.origin}: {err}" if record.origin else str(err)) from None
         position = session.scalar(
             select(func.max(Task.position)).where(Task.campaign_id == campaign.id)
         )
@@ -307,7 +311,7 @@ def read_task_file(path: Path | str) -> list[TaskRecord]:
     records, problems = [], []
     for line, row in _rows(path, suffix, problems):
         try:
-            records.append(_record(row, from_csv=suffix == ".csv"))
+            records.append(_record(row, from_csv=suffix == ".csv", origin=f"{path}:{line}"))
         except (ValueError, ValidationError, TypeError) as err:
             problems.append(f"{path}:{line}: {_one_line(err)}")
     if problems:
@@ -315,6 +319,23 @@ def read_task_file(path: Path | str) -> list[TaskRecord]:
     if not records:
         raise TaskFileError(path, [f"{path}: the file has no tasks"])
     return records
+
+
+def import_task_file(
+    engine: Engine | None,
+    path: Path | str,
+    campaign: str,
+    template: str = "presales",
+    overlap: int | None = None,
+) -> tuple[int, int]:
+    """Read ``path`` and store its tasks in ``campaign`` (created from ``template`` if new).
+
+    Returns ``(rows read, new tasks)``. Any bad row or a row the campaign cannot judge raises
+    before anything is stored.
+    """
+    records = read_task_file(path)
+    create_campaign(engine, campaign, template, overlap=overlap)
+    return len(records), add_tasks(engine, campaign, records)
 
 
 def _rows(path: Path, suffix: str, problems: list[str]) -> Iterable[tuple[int, dict[str, Any]]]:
@@ -341,7 +362,7 @@ def _rows(path: Path, suffix: str, problems: list[str]) -> Iterable[tuple[int, d
             yield line, row
 
 
-def _record(row: dict[str, Any], from_csv: bool) -> TaskRecord:
+def _record(row: dict[str, Any], from_csv: bool, origin: str) -> TaskRecord:
     row = {k: v for k, v in row.items() if v not in (None, "")}
     missing = [k for k in ("context_id", "context", "system_a", "response_a") if k not in row]
     if missing:
@@ -372,6 +393,7 @@ def _record(row: dict[str, Any], from_csv: bool) -> TaskRecord:
         response_a=answer("a"),  # type: ignore[arg-type]  # required field, checked above
         response_b=answer("b"),
         gold=gold,
+        origin=origin,
     )
 
 

@@ -3,7 +3,7 @@ import pytest
 from backend.catalog import Catalog
 from backend.mentions import candidate_titles, link_user_turn, match_titles
 from backend.registry import create_model
-from backend.types import Dialogue, Reply, Turn
+from backend.types import Dialogue, Item, Reply, Turn
 from tests.conftest import make_items
 
 
@@ -18,6 +18,12 @@ def test_fuzzy_matching_maps_names_to_catalog_ids_in_order():
     catalog = Catalog(make_items())
     text = "You'd love Usual Suspects (1995), and also Heat (1986). Not The Matrix (1999)."
     assert [m[1] for m in match_titles(text, catalog)] == ["3", "6"]
+
+
+def test_a_shared_word_is_not_a_match():
+    catalog = Catalog([*make_items(), Item(id="7", title="Free Willy 2: The Adventure Home")])
+    # rapidfuzz's WRatio scored this pair 85.5 (over the cutoff) through the lone shared "the".
+    assert match_titles('I suggest "The Night Circus" (2015).', catalog) == []
 
 
 def test_user_turns_get_linked_items_once():

@@ -165,7 +165,9 @@ def test_a_row_the_campaign_cannot_judge_rolls_back_the_whole_batch(db_url, tmp_
     engine = init_db(db_url)
     create_campaign(engine, "ratings", "presales")
     records = read_task_file(write_jsonl(tmp_path / "t.jsonl", GOOD_ROWS))  # row 2 is pairwise
-    with pytest.raises(ValueError, match="no pairwise criteria"):
+    with pytest.raises(
+        ValueError, match=r"t\.jsonl:2: campaign 'ratings' has no pairwise criteria"
+    ):
         add_tasks(engine, "ratings", records)
     assert count(db_url, Task) == 0 and count(db_url, Context) == 0
     bad_gold = [

@@ -30,7 +30,7 @@ class LLMZeroShotConfig(ModelConfig):
     max_new_tokens: int = 96
     temperature: float = 0.0  # LLM-REDIAL decodes its LLM baselines at temperature 0
     context_turns: int = 8  # keeps the prompt short enough for a 135M model on CPU
-    match_cutoff: float = 85.0  # rapidfuzz WRatio score (0-100) a title needs to count
+    match_cutoff: float = 85.0  # fuzzy title score (Catalog.search, 0-100) a name needs to count
 
 
 def history_note(history: UserHistory | None, catalog: Catalog, n: int = 10) -> str:
