@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from annotation import display
 from db import annotation as ann
-from db.campaigns import TEMPLATES
+from db.campaigns import TEMPLATES, list_campaigns
 from db.tasks import import_task_file
 
 
@@ -30,7 +30,7 @@ def page(engine: Engine) -> None:
         _annotators(engine)
     with imports:
         _import(engine)
-    campaigns = [c.name for c in ann.list_campaigns(engine)]
+    campaigns = [c.name for c in list_campaigns(engine)]
     if not campaigns:
         for tab in (progress, checks, results):
             tab.info("No campaigns yet: import tasks (tab above) or run `crs tasks create`.")

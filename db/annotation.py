@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from backend.settings import get_settings
+from db.campaigns import criteria_for, find_campaign
 from db.schema import Annotator, Assignment, Campaign, Event, Judgment, Response, Task
 from db.session import session_scope
 
@@ -134,32 +135,6 @@ def _annotator(session: Session, ref: str | int) -> Annotator:
 # --- campaigns and criteria -------------------------------------------------------------------
 
 
-def list_campaigns(engine: Engine | None) -> list[Campaign]:
-    """Every campaign, oldest first."""
-    with session_scope(engine, write=False) as session:
-        return list(session.scalars(select(Campaign).order_by(Campaign.id)))
-
-
-def get_campaign(engine: Engine | None, campaign: str | int) -> Campaign:
-    """Campaign ``campaign`` (name or id); LookupError listing the campaigns if there is none."""
-    with session_scope(engine, write=False) as session:
-        return _campaign(session, campaign)
-
-
-def _campaign(session: Session, ref: str | int) -> Campaign:
-    column = Campaign.id if isinstance(ref, int) else Campaign.name
-    row = session.scalars(select(Campaign).where(column == ref)).one_or_none()
-    if row is None:
-        names = ", ".join(session.scalars(select(Campaign.name).order_by(Campaign.id)))
-        raise LookupError(f"no campaign {ref!r}; the campaigns are: {names or 'none yet'}")
-    return row
-
-
-def criteria_for(campaign: Campaign, kind: str) -> list[dict[str, Any]]:
-    """The criteria a task of ``kind`` ("rating" or "pairwise") is judged on, in campaign order."""
-    return [c for c in campaign.criteria if c["kind"] == kind]
-
-
 def scale_values(criterion: Mapping[str, Any]) -> list[Answer]:
     """The allowed answers: every integer from min to max for a rating, else the listed choices."""
     scale = criterion["scale"]
@@ -233,7 +208,7 @@ def assign_tasks(
     task and the annotator, so it does not depend on the order of runs.
     """
     with session_scope(engine) as session:
-        target = _campaign(session, campaign)
+        target = find_campaign(session, campaign)
         pool = _pool(session, target, annotators)
         tasks = list(
             session.scalars(
@@ -386,7 +361,7 @@ def annotator_campaigns(engine: Engine | None, annotator_id: int) -> list[Campai
 def queue(engine: Engine | None, annotator_id: int, campaign: str | int) -> list[QueueEntry]:
     """``annotator_id``'s assignments in ``campaign``, in task order, with their status."""
     with session_scope(engine, write=False) as session:
-        target = _campaign(session, campaign)
+        target = find_campaign(session, campaign)
         rows = session.execute(
             select(Assignment.id, Task.id, Task.kind, Assignment.status)
             .join(Task, Task.id == Assignment.task_id)
@@ -654,7 +629,7 @@ def attention_pass_rates(engine: Engine | None, campaign: str | int) -> dict[str
     """
     rates: dict[str, tuple[int, int]] = {}
     with session_scope(engine, write=False) as session:
-        target = _campaign(session, campaign)
+        target = find_campaign(session, campaign)
         rows = session.execute(
             select(Assignment, Task.gold, Annotator.name)
             .join(Task, Task.id == Assignment.task_id)
@@ -690,7 +665,7 @@ class AnnotatorProgress:
 def campaign_progress(engine: Engine | None, campaign: str | int) -> list[AnnotatorProgress]:
     """Done / skipped / pending counts for every annotator with assignments in ``campaign``."""
     with session_scope(engine, write=False) as session:
-        target = _campaign(session, campaign)
+        target = find_campaign(session, campaign)
         rows = session.execute(
             select(Annotator, Assignment.status, func.count())
             .join(Assignment, Assignment.annotator_id == Annotator.id)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from db.arena import ARENA_CRITERION
 from db.schema import Campaign
@@ -258,18 +259,28 @@ def create_campaign(
     return campaign
 
 
-def get_campaign(engine: Engine | None, name: str) -> Campaign:
-    """Campaign ``name``; a LookupError lists the campaigns that exist."""
+def list_campaigns(engine: Engine | None) -> list[Campaign]:
+    """Every campaign, oldest first."""
     with session_scope(engine, write=False) as session:
-        campaign = session.scalars(select(Campaign).where(Campaign.name == name)).first()
-        if campaign is None:
-            names = session.scalars(select(Campaign.name).order_by(Campaign.name)).all()
-            raise LookupError(
-                f"no campaign {name!r}; existing campaigns: {', '.join(names) or 'none yet'}"
-            )
-    return campaign
+        return list(session.scalars(select(Campaign).order_by(Campaign.id)))
+
+
+def get_campaign(engine: Engine | None, campaign: str | int) -> Campaign:
+    """Campaign ``campaign`` (name or id); LookupError listing the campaigns if there is none."""
+    with session_scope(engine, write=False) as session:
+        return find_campaign(session, campaign)
+
+
+def find_campaign(session: Session, ref: str | int) -> Campaign:
+    """Campaign ``ref`` (name or id) inside an open session; LookupError lists the others."""
+    column = Campaign.id if isinstance(ref, int) else Campaign.name
+    row = session.scalars(select(Campaign).where(column == ref)).one_or_none()
+    if row is None:
+        names = ", ".join(session.scalars(select(Campaign.name).order_by(Campaign.id)))
+        raise LookupError(f"no campaign {ref!r}; the campaigns are: {names or 'none yet'}")
+    return row
 
 
 def criteria_for(campaign: Campaign, kind: str) -> list[dict[str, Any]]:
-    """The criteria that apply to tasks of ``kind`` ("rating" or "pairwise")."""
+    """The criteria a task of ``kind`` ("rating" or "pairwise") is judged on, in campaign order."""
     return [c for c in campaign.criteria if c["kind"] == kind]

@@ -102,7 +102,7 @@ def test_create_campaign_is_idempotent_and_refuses_a_protocol_mix(db_url):
         create_campaign(engine, "study", "pecrs")
     with pytest.raises(KeyError, match="choose one of"):
         create_campaign(engine, "other", "nope")
-    with pytest.raises(LookupError, match="existing campaigns: study"):
+    with pytest.raises(LookupError, match="the campaigns are: study"):
         get_campaign(engine, "missing")
 
 
