@@ -265,12 +265,6 @@ def list_campaigns(engine: Engine | None) -> list[Campaign]:
         return list(session.scalars(select(Campaign).order_by(Campaign.id)))
 
 
-def get_campaign(engine: Engine | None, campaign: str | int) -> Campaign:
-    """Campaign ``campaign`` (name or id); LookupError listing the campaigns if there is none."""
-    with session_scope(engine, write=False) as session:
-        return find_campaign(session, campaign)
-
-
 def find_campaign(session: Session, ref: str | int) -> Campaign:
     """Campaign ``ref`` (name or id) inside an open session; LookupError lists the others."""
     column = Campaign.id if isinstance(ref, int) else Campaign.name

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from backend.cli import app
 from backend.types import Dialogue, ScoredItem, Turn
-from db.campaigns import TEMPLATES, create_campaign, criteria_for, get_campaign
+from db.campaigns import TEMPLATES, create_campaign, criteria_for, find_campaign
 from db.schema import Context, Response, System, Task
 from db.session import init_db, session_scope
 from db.tasks import (
@@ -103,7 +103,8 @@ def test_create_campaign_is_idempotent_and_refuses_a_protocol_mix(db_url):
     with pytest.raises(KeyError, match="choose one of"):
         create_campaign(engine, "other", "nope")
     with pytest.raises(LookupError, match="the campaigns are: study"):
-        get_campaign(engine, "missing")
+        with session_scope(engine, write=False) as session:
+            find_campaign(session, "missing")
 
 
 def test_jsonl_import_stores_shared_contexts_and_is_idempotent(db_url, tmp_path):
