@@ -102,9 +102,11 @@ def test_create_campaign_is_idempotent_and_refuses_a_protocol_mix(db_url):
         create_campaign(engine, "study", "pecrs")
     with pytest.raises(KeyError, match="choose one of"):
         create_campaign(engine, "other", "nope")
-    with pytest.raises(LookupError, match="the campaigns are: study"):
-        with session_scope(engine, write=False) as session:
-            find_campaign(session, "missing")
+    with (
+        pytest.raises(LookupError, match="the campaigns are: study"),
+        session_scope(engine, write=False) as session,
+    ):
+        find_campaign(session, "missing")
 
 
 def test_jsonl_import_stores_shared_contexts_and_is_idempotent(db_url, tmp_path):
