@@ -217,10 +217,10 @@ def test_movielens_fixture():
         ["267"],
     )
     assert ds.extra["users"]["2"] == {
-        "age": "53",
+        "age": "47",
         "gender": "F",
         "occupation": "other",
-        "zip_code": "94043",
+        "zip_code": "00002",
     }
     kg = ds.extra["kg"]
     assert isinstance(kg, KnowledgeGraph)
