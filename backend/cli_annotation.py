@@ -122,17 +122,14 @@ def tasks_create(
         dialogues = ds.split(split)
     except KeyError as err:
         fail(err.args[0])
-    if saved:  # only contexts that every saved output answered
-        common = set.intersection(*(set(rows) for rows in saved.values()))
-        dialogues = [d for d in dialogues if any((d.id, i) in common for i in range(len(d.turns)))]
+    # Only contexts that every saved output answered.
+    answered = set.intersection(*(set(rows) for rows in saved.values())) if saved else None
     try:
-        contexts = sample_contexts(dialogues, n, seed, recommendation_turns_only=not all_turns)
+        contexts = sample_contexts(
+            dialogues, n, seed, recommendation_turns_only=not all_turns, allowed=answered
+        )
     except ValueError as err:
         fail(err)
-    if saved:
-        contexts = [
-            (d, i) for d, i in contexts if all((d.id, i) in rows for rows in saved.values())
-        ]
 
     titles = {item.id: item.display_title for item in ds.catalog}
     models = {

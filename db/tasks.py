@@ -28,7 +28,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from sqlalchemy import Engine, func, select
@@ -38,6 +38,9 @@ from backend.types import Dialogue, Reply, ScoredItem, Turn
 from db.campaigns import create_campaign, criteria_for
 from db.schema import Campaign, Context, Response, System, Task
 from db.session import get_or_create, session_scope
+
+if TYPE_CHECKING:
+    from backend.registry import CRSModel
 
 log = logging.getLogger(__name__)
 
@@ -182,17 +185,25 @@ def _response(session, context_id: int, answer: SystemResponse) -> Response:
 
 
 def sample_contexts(
-    dialogues: Sequence[Dialogue], n: int, seed: int = 0, recommendation_turns_only: bool = True
+    dialogues: Sequence[Dialogue],
+    n: int,
+    seed: int = 0,
+    recommendation_turns_only: bool = True,
+    allowed: set[tuple[str, int]] | None = None,
 ) -> list[tuple[Dialogue, int]]:
     """``n`` random (dialogue, system turn index) pairs; the model answers ``dialogue.prefix(i)``.
 
     By default only turns where the real recommender named an item: the moments a CRS is judged on.
+    ``allowed`` keeps only those (dialogue id, turn) pairs, e.g. the turns saved outputs answered.
     """
     turns = [
         (d, i)
         for d in dialogues
         for i, t in enumerate(d.turns)
-        if i > 0 and t.role == "system" and (t.items or not recommendation_turns_only)
+        if i > 0
+        and t.role == "system"
+        and (t.items or not recommendation_turns_only)
+        and (allowed is None or (d.id, i) in allowed)
     ]
     if not turns:
         raise ValueError("the split has no recommender turns to sample from")
@@ -278,7 +289,7 @@ def attention_checks(
 
 
 def run_systems(
-    models: dict[str, Any], contexts: Sequence[tuple[Dialogue, int]], batch_size: int = 16
+    models: dict[str, CRSModel], contexts: Sequence[tuple[Dialogue, int]], batch_size: int = 16
 ) -> dict[str, list[SystemResponse]]:
     """Each model's responses to every context, with a progress bar per model."""
     outputs: dict[str, list[SystemResponse]] = {}
@@ -289,7 +300,7 @@ def run_systems(
             for start in range(0, len(prefixes), batch_size):
                 chunk = prefixes[start : start + batch_size]
                 for reply in model.respond_batch(chunk):
-                    answers.append(as_response(name, str(getattr(model, "version", "")), reply))
+                    answers.append(as_response(name, model.version, reply))
                 bar.update(len(chunk))
         outputs[name] = answers
     return outputs

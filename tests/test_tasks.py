@@ -225,3 +225,23 @@ def test_cli_import_reports_the_bad_line_without_a_traceback(db_url, tmp_path):
     )
     assert result.exit_code == 2 and f"{path}:2: missing field(s)" in result.output
     assert "Traceback" not in result.output and count(db_url, Task) == 0
+
+
+def test_cli_tasks_create_from_saved_outputs_samples_only_answered_turns(db_url, tmp_path):
+    from backend.data import load_dataset
+
+    dialogue = load_dataset("redial", FIXTURES / "redial").split("test")[0]
+    turn = next(i for i, t in enumerate(dialogue.turns) if i > 0 and t.role == "system")
+    saved = write_jsonl(
+        tmp_path / "preds.jsonl",
+        [{"dialogue_id": dialogue.id, "turn": turn, "text": "Saved reply", "top10": []}],
+    )
+    args = ["tasks", "create", "--campaign", "saved", "--systems", "old,human", "--n", "5"]
+    args += ["--dataset", "redial", "--data-dir", str(FIXTURES / "redial"), "--all-turns"]
+    args += ["--template", "pecrs", "--outputs", f"old={saved}", "--db-url", db_url]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with session_scope(init_db(db_url), write=False) as session:
+        (task,) = session.scalars(select(Task)).all()
+        assert task.response_a.text == "Saved reply"
+        assert task.context.external_id == f"{dialogue.id}:{turn}"
