@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import gradio as gr
 
-from app.cards import item_cards
+from app.cards import chat_messages, item_cards
 from backend.client import BackendClient, BackendError
 from backend.types import Dialogue, Reply, Turn
 from db.arena import AlreadyVoted, export_arena_round, record_vote
@@ -154,10 +154,7 @@ def start_round(
 
 
 def _messages(side: Side) -> list[dict[str, str]]:
-    shown = [
-        {"role": "user" if t.role == "user" else "assistant", "content": t.text}
-        for t in side.dialogue.turns
-    ]
+    shown = chat_messages(side.dialogue)
     if not side.done and (side.text or side.error):
         shown.append({"role": "assistant", "content": side.text})
     if side.error:

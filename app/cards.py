@@ -1,4 +1,4 @@
-"""How a `Reply` looks in the browser: item cards, a score chart and the trace panel.
+"""How a dialogue and a `Reply` look in the browser: messages, item cards, score chart, trace.
 
 Titles, descriptions and model output are untrusted text: every string is HTML-escaped.
 """
@@ -10,7 +10,7 @@ import json
 
 import plotly.graph_objects as go
 
-from backend.types import Item, Reply
+from backend.types import Dialogue, Item, Reply
 
 CARD_CSS = """
 .crs-cards {display: grid; grid-template-columns: repeat(auto-fill, minmax(210px, 1fr)); gap: 10px;}
@@ -19,6 +19,14 @@ CARD_CSS = """
 .crs-card .meta {color: #57606a;}
 .crs-card .score {float: right; font-family: monospace;}
 """
+
+
+def chat_messages(dialogue: Dialogue) -> list[dict[str, str]]:
+    """The dialogue in Gradio's messages format (system turns are the assistant's)."""
+    return [
+        {"role": "user" if t.role == "user" else "assistant", "content": t.text}
+        for t in dialogue.turns
+    ]
 
 
 def item_cards(reply: Reply, items: dict[str, Item], top: int = 6, scores: bool = True) -> str:

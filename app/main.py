@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 
 from app.arena import build_arena_tab
-from app.cards import CARD_CSS, item_cards, score_chart, trace_markdown
+from app.cards import CARD_CSS, chat_messages, item_cards, score_chart, trace_markdown
 from app.leaderboard import build_leaderboard_tab
 from backend.client import BackendClient, BackendError, BackendUnavailableError
 from backend.types import Dialogue, Item, Reply, Turn
@@ -55,10 +55,7 @@ def chat_turn(
 ) -> Iterator[tuple[list[dict[str, str]], Dialogue, Reply | None, str]]:
     """Stream one chat turn: yields (chat messages, dialogue, final reply or None, status)."""
     dialogue.turns.append(Turn(role="user", text=message))
-    shown = [
-        {"role": "user" if t.role == "user" else "assistant", "content": t.text}
-        for t in dialogue.turns
-    ]
+    shown = chat_messages(dialogue)
     partial = ""
     try:
         for part in client.stream(model, dialogue, user_id=user_id or None):
