@@ -119,6 +119,16 @@ def check_messages(messages: Messages) -> None:
             )
 
 
+def check_prefixes(conversations: Sequence[Messages], prefixes: Sequence[str] | None) -> list[str]:
+    if prefixes is None:
+        return [""] * len(conversations)
+    if len(prefixes) != len(conversations):
+        raise ValueError(
+            f"got {len(prefixes)} prefixes for {len(conversations)} conversations; pass one each"
+        )
+    return list(prefixes)
+
+
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -148,9 +158,16 @@ class LLM(ABC):
 
     @abstractmethod
     def chat_batch(
-        self, conversations: Sequence[Messages], config: GenerationConfig | None = None
+        self,
+        conversations: Sequence[Messages],
+        config: GenerationConfig | None = None,
+        prefixes: Sequence[str] | None = None,
     ) -> list[str]:
-        """One reply per conversation; ``last_usage`` sums them."""
+        """One reply per conversation; ``last_usage`` sums them.
+
+        ``prefixes`` (one per conversation) are the words each reply must start with; the model
+        continues from them and the returned reply includes them.
+        """
 
     @abstractmethod
     def stream(self, messages: Messages, config: GenerationConfig | None = None) -> Iterator[str]:
@@ -396,12 +413,18 @@ class LocalLLM(LLM):
 
     # --- generation -------------------------------------------------------------------------
 
-    def _chat_ids(self, messages: Messages) -> list[int]:
+    def _chat_ids(self, messages: Messages, prefix: str = "") -> list[int]:
         check_messages(messages)
         if not self.tokenizer.chat_template:
             raise LLMError(
                 f"{self.name} has no chat template; use complete() for a base model, or an instruct model"
             )
+        if prefix:
+            # Tokenised with the prompt as one text, so the prefix's first word joins naturally.
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+            return list(self.tokenizer(text + prefix, add_special_tokens=False)["input_ids"])
         encoded = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=True
         )
@@ -483,10 +506,15 @@ class LocalLLM(LLM):
         return texts
 
     def chat_batch(
-        self, conversations: Sequence[Messages], config: GenerationConfig | None = None
+        self,
+        conversations: Sequence[Messages],
+        config: GenerationConfig | None = None,
+        prefixes: Sequence[str] | None = None,
     ) -> list[str]:
         """Replies to several conversations in one left-padded ``generate`` call."""
-        return self._run([self._chat_ids(m) for m in conversations], config)
+        prefixes = check_prefixes(conversations, prefixes)
+        prompts = [self._chat_ids(m, p) for m, p in zip(conversations, prefixes, strict=True)]
+        return [p + text for p, text in zip(prefixes, self._run(prompts, config), strict=True)]
 
     def complete(self, prompt: str, config: GenerationConfig | None = None) -> str:
         """The raw continuation of ``prompt`` (no chat template)."""

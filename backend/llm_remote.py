@@ -20,8 +20,18 @@ from backend.llm import (
     TokenLogprob,
     Usage,
     check_messages,
+    check_prefixes,
     normalise_rows,
 )
+
+
+def _ask_prefix(messages: Messages, prefix: str) -> Messages:
+    if not prefix:
+        return messages
+    ask = f'Begin your reply with exactly these words: "{prefix}"'
+    if messages and messages[0].get("role") == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']} {ask}"}, *messages[1:]]
+    return [{"role": "system", "content": ask}, *messages]
 
 
 class OpenAILLM(LLM):
@@ -115,15 +125,32 @@ class OpenAILLM(LLM):
         )
 
     def chat_batch(
-        self, conversations: Sequence[Messages], config: GenerationConfig | None = None
+        self,
+        conversations: Sequence[Messages],
+        config: GenerationConfig | None = None,
+        prefixes: Sequence[str] | None = None,
     ) -> list[str]:
-        """Replies to several conversations, sent concurrently (the server batches them)."""
+        """Replies to several conversations, sent concurrently (the server batches them).
+
+        Chat APIs cannot continue a partial reply, so a prefix is asked for in the system message
+        and put in front of a reply that does not start with it.
+        """
         config = config or GenerationConfig()
         if not conversations:
             return []
+        prefixes = check_prefixes(conversations, prefixes)
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=min(8, len(conversations))) as pool:
-            results = list(pool.map(lambda m: self._chat_once(m, config), conversations))
+            results = list(
+                pool.map(
+                    lambda mp: self._chat_once(_ask_prefix(*mp), config),
+                    zip(conversations, prefixes, strict=True),
+                )
+            )
+        results = [
+            (text if text.startswith(prefix) else f"{prefix} {text}".strip(), usage)
+            for (text, usage), prefix in zip(results, prefixes, strict=True)
+        ]
         self.last_usage = Usage(
             prompt_tokens=sum(u.prompt_tokens for _, u in results),
             completion_tokens=sum(u.completion_tokens for _, u in results),

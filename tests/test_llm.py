@@ -199,6 +199,15 @@ def test_chat_batch_equals_single_chats(smollm: LocalLLM):
     assert smollm.chat_batch([], SHORT) == []
 
 
+def test_chat_batch_continues_from_prefixes(smollm: LocalLLM):
+    prefix = "How about Heat (1995)?"
+    with_prefix, plain = smollm.chat_batch([MOVIE, MOVIE], SHORT, prefixes=[prefix, ""])
+    assert with_prefix.startswith(prefix) and len(with_prefix) > len(prefix)
+    assert plain == smollm.chat(MOVIE, SHORT)
+    with pytest.raises(ValueError, match="one each"):
+        smollm.chat_batch([MOVIE], SHORT, prefixes=["a", "b"])
+
+
 def test_concurrent_callers_do_not_interleave(smollm: LocalLLM):
     expected = smollm.chat(QUESTION, SHORT)
     results: list[str] = []
@@ -233,6 +242,8 @@ def test_remote_chat_and_stream_match_local(smollm: LocalLLM, remote: OpenAILLM)
     assert remote.chat_batch([QUESTION, MOVIE], SHORT) == smollm.chat_batch(
         [QUESTION, MOVIE], SHORT
     )
+    # A chat API cannot continue a partial reply: the prefix is asked for, and put in front.
+    assert remote.chat_batch([MOVIE], SHORT, prefixes=["Sure!"])[0].startswith("Sure!")
 
 
 def test_remote_score_complete_embed_match_local(smollm: LocalLLM, remote: OpenAILLM):
