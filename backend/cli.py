@@ -22,7 +22,7 @@ from backend.cli_common import (
     model_or_fail,
     parse_overrides,
 )
-from backend.data import DATASETS
+from backend.data import DATASETS, DataFormatError
 
 app = typer.Typer(
     help="CRS Arena: demo, annotate and evaluate conversational recommenders.", no_args_is_help=True
@@ -50,6 +50,98 @@ def data_info(
     for key, value in ds.stats().items():
         table.add_row(key, f"{value:,}")
     console.print(table)
+
+
+@data_app.command("generate")
+def data_generate(
+    source: Annotated[
+        str,
+        typer.Option(help="Dataset whose ratings and catalog to use (or pass --ratings/--items)."),
+    ] = "movielens-100k",
+    n: Annotated[int, typer.Option(help="Dialogues to attempt (kept + filtered out).")] = 200,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output folder (default CRS_HOME/data/llm-redial/<source>); a run there resumes."
+        ),
+    ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="turn: one utterance per LLM call; whole: the paper's one prompt per dialogue."
+        ),
+    ] = "turn",
+    seed: Annotated[int, typer.Option(help="Seed of users, templates, items and sampling.")] = 0,
+    batch_size: Annotated[
+        int, typer.Option(help="Dialogues written in one batched LLM call.")
+    ] = 16,
+    llm: Annotated[str | None, typer.Option(help="LLM (default CRS_LLM).")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible endpoint (default CRS_LLM_BASE_URL).")
+    ] = None,
+    ratings: Annotated[
+        Path | None,
+        typer.Option(help="CSV of user_id,item_id,rating[,timestamp] instead of the source's."),
+    ] = None,
+    items: Annotated[
+        Path | None, typer.Option(help="CSV of id,title[,year,genres,description] for --ratings.")
+    ] = None,
+    min_interactions: Annotated[
+        int, typer.Option(help="Drop users and items with fewer ratings (App. B: 10).")
+    ] = 10,
+    data_dir: DataDirOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Generate LLM-REDIAL-style dialogues from ratings: preprocess, fill templates, write with an LLM, filter."""
+    from backend.generate.pipeline import GenerateConfig, generate
+    from backend.generate.profiles import (
+        PreprocessConfig,
+        build_profiles,
+        ratings_from_dataset,
+        read_items_csv,
+        read_ratings_csv,
+    )
+    from backend.generate.templates import NotEnoughItems
+    from backend.llm import LLMError, get_llm
+    from backend.settings import get_settings
+
+    try:
+        if ratings:
+            if items is None:
+                fail("--ratings needs --items, the catalog the ratings refer to")
+            catalog = read_items_csv(items)
+            rows = read_ratings_csv(ratings, catalog)
+            source = ratings.stem
+        else:
+            ds = load_or_fail(source, data_dir)
+            catalog, rows = ds.catalog, ratings_from_dataset(ds)
+        config = GenerateConfig(
+            source=source, n=n, seed=seed, mode=mode, batch_size=batch_size, llm=llm or "",
+            base_url=base_url or "", **parse_overrides(set_),
+        )  # fmt: skip
+        profiles = build_profiles(rows, PreprocessConfig(min_interactions=min_interactions))
+        console.print(
+            f"{len(profiles):,} users with likes after preprocessing "
+            f"({sum(len(p.likes) + len(p.might_likes) for p in profiles.values()):,} likes, "
+            f"{sum(len(p.dislikes) for p in profiles.values()):,} dislikes)"
+        )
+        target = out or get_settings().CRS_HOME / "data" / "llm-redial" / source
+        model = get_llm(config.llm or None, base_url=config.base_url or None)
+        stats = generate(profiles, catalog, model, config, target)
+    except (DataFormatError, NotEnoughItems, LLMError, ValueError, TypeError) as err:
+        fail(err)
+    table = Table(title=f"generated dialogues in {target} (Table 3 of LLM-REDIAL)")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for key, value in stats.items():
+        if not isinstance(value, dict):
+            table.add_row(key, f"{value:,}")
+    for reason, count in stats["filter_counts"].items():
+        table.add_row(f"filtered: {reason}", f"{count:,}")
+    for split, count in stats["splits"].items():
+        table.add_row(f"split: {split}", f"{count:,}")
+    console.print(table)
+    console.print(f"load it with `--dataset llm-redial --data-dir {target}`")
 
 
 @app.command("models")
@@ -98,6 +190,52 @@ def train_sasrec_cmd(
     console.print_json(json.dumps({"valid": metrics["valid"]}))
 
 
+@train_app.command("llm-rec")
+def train_llm_rec_cmd(
+    dataset: DatasetArg = "redial",
+    data_dir: DataDirOpt = None,
+    history: Annotated[
+        bool, typer.Option(help="Prompts list the user's history items (Dial. + H. I.).")
+    ] = False,
+    epochs: Annotated[int, typer.Option(help="Passes over the training turns.")] = 1,
+    max_steps: Annotated[
+        int, typer.Option(help="Stop after this many optimizer steps (0 = all epochs).")
+    ] = 0,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 2,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate of the LoRA weights.")] = 5e-4,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Adapter folder (default CRS_HOME/checkpoints/llm-rec/<dataset>[-history])."
+        ),
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """LoRA-fine-tune the LLM recommender (LLM-REDIAL §4.2) on the train split's recommender turns."""
+    from backend.models.llm_rec import LLMRecConfig, train_llm_rec
+
+    ds = load_or_fail(dataset, data_dir)
+    try:
+        config = LLMRecConfig(
+            setting="fine-tuned",
+            history=history,
+            epochs=epochs,
+            max_steps=max_steps,
+            grad_accum=grad_accum,
+            lr=lr,
+            **parse_overrides(set_),
+        )
+        path = train_llm_rec(ds, config, out)
+    except (TypeError, ValueError) as err:  # a bad --set key or value, or no training turns
+        fail(err)
+    metrics = json.loads((path / "metrics.json").read_text())
+    console.print(
+        f"saved to {path}: {metrics['steps']} steps in {metrics['seconds']:.1f} s "
+        f"({metrics['seconds_per_step']:.2f} s/step), dev loss {metrics['dev_loss']['before']:.3f} "
+        f"-> {metrics['dev_loss']['after']:.3f}"
+    )
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="A registered model name (see `crs models`).")],
@@ -111,15 +249,40 @@ def eval_cmd(
     ] = None,
     history: Annotated[bool, typer.Option(help="Give the model the user's history.")] = False,
     batch_size: Annotated[int, typer.Option(help="Turns per model call.")] = 32,
+    rec_turns_only: Annotated[
+        bool, typer.Option(help="Only system turns whose gold mentions items (LLM-REDIAL §4.2).")
+    ] = False,
+    ks: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated K of Recall@K and NDCG@K/MRR@K, e.g. 5,10,50."),
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Run MODEL over every recommender turn of a split and report ranking and text metrics."""
     from backend.eval.evaluate import evaluate
 
+    ranks = {}
+    if ks:
+        try:
+            values = [int(k) for k in ks.split(",")]
+        except ValueError:
+            fail(f"--ks expects comma-separated integers like 5,10,50, got {ks!r}")
+        ranks = {"recall_ks": values, "rank_ks": values}
     ds = load_or_fail(dataset, data_dir)
     crs = model_or_fail(model, ds, parse_overrides(set_))
+    # A model configured to read histories (llm-rec's history=true) gets them without --history too.
+    history = history or getattr(crs.config, "history", False) is True
     try:
-        result = evaluate(crs, ds, split, limit=limit, batch_size=batch_size, use_history=history)
+        result = evaluate(
+            crs,
+            ds,
+            split,
+            limit=limit,
+            batch_size=batch_size,
+            use_history=history,
+            rec_turns_only=rec_turns_only,
+            **ranks,
+        )
     except KeyError as err:
         fail(err.args[0])
     if out:

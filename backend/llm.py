@@ -61,6 +61,9 @@ class GenerationConfig:
     seed: int = 0  # only used when sampling
     repetition_penalty: float = 1.0
     min_new_tokens: int = 0  # [min_tokens, a vLLM extension]; forces length in benchmarks
+    # > 1 = beam search (local models only, temperature 0): chat returns the best beam,
+    # chat_beams every beam with its score. OpenAI-compatible chat APIs have no beams.
+    num_beams: int = 1
 
 
 @dataclass
@@ -192,6 +195,18 @@ class LLM(ABC):
     def chat(self, messages: Messages, config: GenerationConfig | None = None) -> str:
         """The assistant's reply to ``messages`` (a list of {'role', 'content'} dicts)."""
         return self.chat_batch([messages], config)[0]
+
+    def chat_beams(
+        self, conversations: Sequence[Messages], config: GenerationConfig
+    ) -> list[list[tuple[str, float]]]:
+        """Beam search: per conversation, ``config.num_beams`` replies with their scores, best first.
+
+        Only local models implement it; the score is the beam's length-normalised log-probability.
+        """
+        raise LLMError(
+            f"{self.name} ({type(self).__name__}) cannot return beams: OpenAI-compatible chat APIs "
+            "have no beam search. Use a local model (unset CRS_LLM_BASE_URL) or num_beams=1."
+        )
 
     def token_logprobs(self, prompt: str, continuation: str) -> list[TokenLogprob]:
         """The tokens of ``continuation`` after ``prompt``, each with its log-probability.
@@ -431,6 +446,10 @@ class LocalLLM(LLM):
         return list(encoded["input_ids"])
 
     def _generate_kwargs(self, config: GenerationConfig) -> dict[str, Any]:
+        if config.num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {config.num_beams}")
+        if config.num_beams > 1 and config.temperature > 0:
+            raise ValueError("beam search here is deterministic; set temperature=0 or num_beams=1")
         kwargs: dict[str, Any] = {
             "max_new_tokens": config.max_new_tokens,
             "min_new_tokens": config.min_new_tokens,
@@ -438,7 +457,18 @@ class LocalLLM(LLM):
             "do_sample": config.temperature > 0,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self._eos,
+            "return_dict_in_generate": True,
         }
+        if config.num_beams > 1:
+            # Every beam comes back, best first, with its length-normalised log-probability;
+            # stopping once num_beams hypotheses are finished keeps beams from running to
+            # max_new_tokens in search of a better average.
+            kwargs.update(
+                num_beams=config.num_beams,
+                num_return_sequences=config.num_beams,
+                output_scores=True,
+                early_stopping=True,
+            )
         if config.temperature > 0:
             kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
         return kwargs
@@ -449,10 +479,11 @@ class LocalLLM(LLM):
         config: GenerationConfig,
         streamer: TextIteratorStreamer | None = None,
         cancel: threading.Event | None = None,
-    ) -> tuple[torch.Tensor, float | None]:
-        """Generated ids (batch x new tokens) for left-padded prompts, and the first token's time.
+    ) -> tuple[torch.Tensor, list[float] | None, float | None]:
+        """Generated ids for left-padded prompts, beam scores, and the first token's time.
 
-        The caller holds the lock.
+        Ids are (prompts x num_beams) x new tokens, each prompt's beams together, best first;
+        scores are None without beam search. The caller holds the lock.
         """
         batch = self.tokenizer.pad(
             {"input_ids": prompts}, padding_side="left", return_tensors="pt"
@@ -470,13 +501,36 @@ class LocalLLM(LLM):
                 config.seed
             )  # generate() takes no generator; the lock makes this safe
         with torch.inference_mode():
+            shared: dict[str, Any] = {}
+            if config.num_beams > 1 and prompt_len > 1:
+                shared["past_key_values"] = self._beam_prompt_cache(batch, config.num_beams)
             out = self.model.generate(
                 **batch,
                 **self._generate_kwargs(config),
+                **shared,
                 stopping_criteria=StoppingCriteriaList(criteria),
                 streamer=streamer,
             )
-        return out[:, prompt_len:], first.at
+        scores = out.sequences_scores.tolist() if config.num_beams > 1 else None
+        return out.sequences[:, prompt_len:], scores, first.at
+
+    def _beam_prompt_cache(self, batch: Any, beams: int) -> Any:
+        """The KV cache of every prompt but its last token, computed once and copied per beam.
+
+        generate() would prefill each beam's copy of the prompt, ``beams`` times the work that
+        dominates on CPU; given this cache it runs only the last prompt token. Positions follow
+        generate's own (attention-mask cumsum, pads at 0), so the result is the same.
+        """
+        mask = batch["attention_mask"][:, :-1]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = self.model(
+            input_ids=batch["input_ids"][:, :-1],
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+        ).past_key_values
+        cache.batch_repeat_interleave(beams)
+        return cache
 
     def _decode(self, new_ids: torch.Tensor, stops: list[str] | None) -> tuple[list[str], int]:
         """Texts cut at the first EOS and stop string, and how many tokens were generated."""
@@ -489,13 +543,15 @@ class LocalLLM(LLM):
             texts.append(text if cut is None else text[:cut])
         return texts, generated
 
-    def _run(self, prompts: list[list[int]], config: GenerationConfig | None) -> list[str]:
-        config = config or GenerationConfig()
+    def _run(
+        self, prompts: list[list[int]], config: GenerationConfig
+    ) -> tuple[list[str], list[float] | None]:
+        """``num_beams`` texts per prompt (best first) and their beam scores (None when greedy)."""
         if not prompts:
-            return []
+            return [], None
         with self._lock:
             start = time.perf_counter()
-            new_ids, first = self._generate_ids(prompts, config)
+            new_ids, scores, first = self._generate_ids(prompts, config)
             texts, generated = self._decode(new_ids, config.stop)
             self.last_usage = Usage(
                 prompt_tokens=sum(map(len, prompts)),
@@ -503,7 +559,7 @@ class LocalLLM(LLM):
                 seconds=time.perf_counter() - start,
                 first_token_seconds=None if first is None else first - start,
             )
-        return texts
+        return texts, scores
 
     def chat_batch(
         self,
@@ -511,21 +567,44 @@ class LocalLLM(LLM):
         config: GenerationConfig | None = None,
         prefixes: Sequence[str] | None = None,
     ) -> list[str]:
-        """Replies to several conversations in one left-padded ``generate`` call."""
+        """Replies to several conversations in one left-padded ``generate`` call (the best beam
+        of each under beam search)."""
+        config = config or GenerationConfig()
         prefixes = check_prefixes(conversations, prefixes)
         prompts = [self._chat_ids(m, p) for m, p in zip(conversations, prefixes, strict=True)]
-        return [p + text for p, text in zip(prefixes, self._run(prompts, config), strict=True)]
+        texts, _ = self._run(prompts, config)
+        best = texts[:: config.num_beams]
+        return [p + text for p, text in zip(prefixes, best, strict=True)]
+
+    def chat_beams(
+        self, conversations: Sequence[Messages], config: GenerationConfig
+    ) -> list[list[tuple[str, float]]]:
+        """Beam search in one ``generate`` call: per conversation, ``config.num_beams`` replies
+        with their length-normalised log-probabilities, best first."""
+        if config.num_beams < 2:
+            raise ValueError(f"chat_beams needs num_beams >= 2, got {config.num_beams}")
+        texts, scores = self._run([self._chat_ids(m) for m in conversations], config)
+        assert scores is not None
+        n = config.num_beams
+        return [
+            list(zip(texts[i : i + n], scores[i : i + n], strict=True))
+            for i in range(0, len(texts), n)
+        ]
 
     def complete(self, prompt: str, config: GenerationConfig | None = None) -> str:
         """The raw continuation of ``prompt`` (no chat template)."""
         ids = self.tokenizer(prompt)["input_ids"]
         if not ids:
             raise ValueError("complete() got an empty prompt; pass some text to continue")
-        return self._run([ids], config)[0]
+        return self._run([ids], config or GenerationConfig())[0][0]
 
     def stream(self, messages: Messages, config: GenerationConfig | None = None) -> Iterator[str]:
         """Text deltas from ``generate`` running in a thread; stopping early cancels it."""
         config = config or GenerationConfig()
+        if config.num_beams > 1:
+            raise ValueError(
+                "stream() cannot beam-search; use chat or chat_beams for num_beams > 1"
+            )
         prompt = self._chat_ids(messages)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
@@ -533,7 +612,7 @@ class LocalLLM(LLM):
 
         def work() -> None:
             try:
-                result["ids"], result["first"] = self._generate_ids(
+                result["ids"], _, result["first"] = self._generate_ids(
                     [prompt], config, streamer, cancel
                 )
             # Handed to the consumer below, which would otherwise wait for text forever.

@@ -88,6 +88,11 @@ class OpenAILLM(LLM):
 
     @staticmethod
     def _request(config: GenerationConfig) -> dict[str, Any]:
+        if config.num_beams > 1:
+            raise LLMError(
+                "OpenAI-compatible chat APIs have no beam search; use a local model "
+                "(unset CRS_LLM_BASE_URL) or num_beams=1"
+            )
         request: dict[str, Any] = {
             "max_tokens": config.max_new_tokens,
             "temperature": config.temperature,

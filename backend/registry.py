@@ -100,7 +100,7 @@ def register(cls: type[CRSModel]) -> type[CRSModel]:
 
 def _load_builtin_models() -> None:
     # Importing the modules runs their @register decorators.
-    from backend.models import llm_zero_shot, popularity, retrieval, sasrec  # noqa: F401
+    from backend.models import llm_rec, llm_zero_shot, popularity, retrieval, sasrec  # noqa: F401
 
 
 def available_models() -> dict[str, type[CRSModel]]:
@@ -131,6 +131,13 @@ def create_model(name: str, dataset: Dataset, config: dict[str, Any] | None = No
     """Build model ``name`` for ``dataset``; trained models load their checkpoint here."""
     cls = model_class(name)
     return cls(dataset, build_config(cls, config))
+
+
+def save_run_files(out_dir: Path, config: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Write a training run's ``config.json`` and ``metrics.json`` beside its checkpoint."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
 def timed(fn: Callable[..., Reply]) -> Callable[..., Reply]:

@@ -81,6 +81,7 @@ def test_eval_unknown_split_and_model_fail_cleanly():
         "models",
         "chat",
         "train sasrec",
+        "train llm-rec",
         "eval",
         "serve",
         "demo",

@@ -186,6 +186,7 @@ def test_json_shape_and_save(dataset, tmp_path):
         "seed": 0,
         "limit": None,
         "use_history": False,
+        "rec_turns_only": False,
     }
     assert set(out["metrics"]) == DEFAULT_KEYS
     assert isinstance(out["seconds"], float) and out["seconds"] >= 0

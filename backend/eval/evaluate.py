@@ -69,13 +69,16 @@ class EvalResult:
                 f.write(json.dumps(row) + "\n")
 
 
-def recommender_turns(dialogues: Sequence[Dialogue]) -> list[tuple[Dialogue, int]]:
-    """(dialogue, turn index) of every system turn that is not a dialogue's first turn."""
+def recommender_turns(
+    dialogues: Sequence[Dialogue], rec_only: bool = False
+) -> list[tuple[Dialogue, int]]:
+    """(dialogue, turn index) of every system turn that is not a dialogue's first turn;
+    ``rec_only`` keeps only the turns that mention an item (the turns that recommend)."""
     return [
         (dialogue, i)
         for dialogue in dialogues
         for i, turn in enumerate(dialogue.turns)
-        if i > 0 and turn.role == "system"
+        if i > 0 and turn.role == "system" and (turn.items or not rec_only)
     ]
 
 
@@ -86,6 +89,7 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 32,
     use_history: bool = False,
+    rec_turns_only: bool = False,
     progress: bool = True,
     recall_ks: Sequence[int] = DEFAULT_RECALL_KS,
     rank_ks: Sequence[int] = DEFAULT_RANK_KS,
@@ -93,8 +97,10 @@ def evaluate(
     """Evaluate ``model`` on the recommender turns of ``dataset``'s ``split``.
 
     ``limit`` keeps the first N dialogues; ``use_history`` passes each dialogue's user history
-    (``dataset.histories.get(user_id)``) to the model; turns go to ``model.respond_batch`` in
-    chunks of ``batch_size``. ``recall_ks`` / ``rank_ks`` choose the K of Recall@K and of
+    (``dataset.histories.get(user_id)``) to the model; ``rec_turns_only`` evaluates only the
+    turns whose gold mentions items (LLM-REDIAL §4.2: predict the item of the next response),
+    so text metrics cover those turns too; turns go to ``model.respond_batch`` in chunks of
+    ``batch_size``. ``recall_ks`` / ``rank_ks`` choose the K of Recall@K and of
     NDCG@K / MRR@K. Raises KeyError for an unknown split.
     """
     if batch_size < 1:
@@ -105,7 +111,7 @@ def evaluate(
     dialogues = dataset.split(split)
     if limit is not None:
         dialogues = dialogues[:limit]
-    jobs = recommender_turns(dialogues)
+    jobs = recommender_turns(dialogues, rec_only=rec_turns_only)
     log.info(
         "evaluating %s on %s/%s: %d dialogues, %d recommender turns",
         model.name,
@@ -152,7 +158,12 @@ def evaluate(
         split=split,
         n=len(jobs),
         metrics=acc.result(),
-        config={**model.config_dict(), "limit": limit, "use_history": use_history},
+        config={
+            **model.config_dict(),
+            "limit": limit,
+            "use_history": use_history,
+            "rec_turns_only": rec_turns_only,
+        },
         seconds=time.perf_counter() - start,
         predictions=predictions,
     )

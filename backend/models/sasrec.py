@@ -26,7 +26,7 @@ from backend.data.base import Dataset
 from backend.llm import best_device
 from backend.models.popularity import item_counts
 from backend.models.templates import recommendation_text
-from backend.registry import CRSModel, ModelConfig, register, timed
+from backend.registry import CRSModel, ModelConfig, register, save_run_files, timed
 from backend.settings import get_settings
 from backend.types import Dialogue, Reply, TraceStep, UserHistory
 
@@ -246,14 +246,10 @@ def train_sasrec(dataset: Dataset, config: SASRecConfig, out_dir: Path | None = 
         "sequences": len(train),
     }
     out_dir = out_dir or Path(config.checkpoint or default_checkpoint(dataset.name))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    save_run_files(out_dir, {"model": "sasrec", "dataset": dataset.name, **asdict(config)}, metrics)
     torch.save(
         {"state_dict": net.state_dict(), "item_ids": dataset.catalog.ids}, out_dir / "model.pt"
     )
-    (out_dir / "config.json").write_text(
-        json.dumps({"model": "sasrec", "dataset": dataset.name, **asdict(config)}, indent=2)
-    )
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("sasrec saved to %s (valid %s)", out_dir, metrics["valid"])
     return out_dir
 

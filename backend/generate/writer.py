@@ -1,0 +1,178 @@
+"""Generation with LLMs (§2.5.1): a filled template becomes a dialogue, whole or one utterance at a time.
+
+``whole`` is the paper's way: one prompt (a static task description, the user's information and
+the concretized template) and the LLM writes every utterance. ``turn`` asks for one utterance at a
+time, the speaker role-played with that utterance's goals, and starts the utterances that must
+name a movie (greetings, recommendations) with the title, so that a small local model keeps the
+items right. Both batch dialogues into one LLM call per step.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from backend.generate.goals import GOALS
+from backend.generate.templates import FilledStep
+from backend.llm import LLM, GenerationConfig, Messages
+
+MODES = ("turn", "whole")
+SPEAKER_NAMES = {"user": "User", "system": "Agent"}
+
+STATIC_PROMPT = """You are writing a conversation between a User and an Agent (a movie recommender system) for a dataset of recommendation dialogues.
+Requirements:
+1. Write exactly {n} utterances, one per line, following the template below in order. Start each line with "User:" or "Agent:" as the template says.
+2. Each utterance carries out the goals the template gives it.
+3. Use the movie information to make the conversation concrete and natural, but do not copy it word for word.
+4. Write every movie title exactly as the template writes it, with its year.
+5. Each utterance has at most {max_words} words.
+Write nothing but the {n} lines."""
+
+PERSONAS = {
+    "user": "You are a movie fan chatting with a movie recommender agent.",
+    "system": "You are a friendly movie recommender agent chatting with a user.",
+}
+# How an utterance that must name its movie starts (turn mode); one is drawn per utterance.
+OPENERS = {
+    "greet_likes": ("Hi! I recently watched {title}",),
+    "greet_dislikes": ("Hi! I recently watched {title}",),
+    "rec": ("How about {title}?", "You might like {title}.", "Have you seen {title}?",
+            "I'd recommend {title}."),
+}  # fmt: skip
+_LABEL = re.compile(
+    r"^\s*(?:\d+[.)]\s*)?[*\[]*\s*(User|Agent|System|Assistant)\s*[*\]]*\s*[:：][*\]]*\s*", re.I
+)
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)]*")
+
+
+@dataclass
+class Job:
+    """One dialogue to write: its filled template, item texts, and a random source for openers."""
+
+    steps: list[FilledStep]
+    titles: dict[str, str]
+    reviews: dict[str, str]
+    profile_titles: dict[str, list[str]]  # "likes" / "dislikes" -> titles, for the whole prompt
+    rng: random.Random
+
+
+def clean_utterance(text: str, max_words: int) -> str:
+    """One line, no speaker label, at most ``max_words`` words, cut after the last full sentence."""
+    text = _LABEL.sub("", text.strip().split("\n")[0]).strip().strip('"').strip()
+    words = text.split()
+    if len(words) > max_words:
+        text = " ".join(words[:max_words])
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]] if ends else text
+
+
+def _instruction(step: FilledStep, job: Job) -> str:
+    fields = {}
+    if step.item_id:
+        fields = {"item": f'"{job.titles[step.item_id]}"', "review": job.reviews[step.item_id]}
+    return " ".join(GOALS[g].instruction.format(**fields) for g in step.goals)
+
+
+def _opener(step: FilledStep, job: Job) -> str:
+    key = next((g for g in step.goals if g in OPENERS or g.startswith("rec_")), None)
+    if key is None or step.item_id is None:
+        return ""
+    options = OPENERS["rec" if key.startswith("rec_") else key]
+    return job.rng.choice(options).format(title=job.titles[step.item_id])
+
+
+def turn_messages(
+    step: FilledStep, job: Job, said: Sequence[str], context: int, max_words: int
+) -> Messages:
+    """The prompt for one utterance: the speaker's persona and goals, then the recent turns as chat."""
+    system = (
+        f"{PERSONAS[step.speaker]} Write your next message: one to three sentences, at most "
+        f"{max_words} words, nothing else. In this message: {_instruction(step, job)}"
+    )
+    messages: Messages = [{"role": "system", "content": system}]
+    start = max(0, len(said) - context)
+    for past, text in zip(job.steps[start : len(said)], said[start:], strict=True):
+        messages.append(
+            {"role": "assistant" if past.speaker == step.speaker else "user", "content": text}
+        )
+    if len(messages) == 1 or messages[-1]["role"] == "assistant":
+        messages.append({"role": "user", "content": "(Write your message.)"})
+    return messages
+
+
+def write_by_turn(
+    llm: LLM,
+    jobs: Sequence[Job],
+    config: GenerationConfig,
+    context: int = 3,
+    max_words: int = 60,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[list[str]]:
+    """Utterances of every job, written step by step; each step is one batched LLM call.
+
+    ``on_step(i, n)`` is called before step i of n (for a progress display).
+    """
+    said: list[list[str]] = [[] for _ in jobs]
+    n_steps = max(len(j.steps) for j in jobs)
+    for i in range(n_steps):
+        if on_step:
+            on_step(i, n_steps)
+        active = [k for k, job in enumerate(jobs) if i < len(job.steps)]
+        messages = [
+            turn_messages(jobs[k].steps[i], jobs[k], said[k], context, max_words) for k in active
+        ]
+        prefixes = [_opener(jobs[k].steps[i], jobs[k]) for k in active]
+        step_config = GenerationConfig(**{**config.__dict__, "seed": config.seed + i})
+        for k, text in zip(active, llm.chat_batch(messages, step_config, prefixes), strict=True):
+            said[k].append(clean_utterance(text, max_words))
+    return said
+
+
+def whole_messages(job: Job, max_words: int) -> Messages:
+    """The paper's prompt: static task description + user information + concretized template."""
+    info = {
+        "liked movies": job.profile_titles["likes"],
+        "disliked movies": job.profile_titles["dislikes"],
+        "movie information": {
+            job.titles[i]: job.reviews[i] for i in dict.fromkeys(s.item_id for s in job.steps) if i
+        },
+    }
+    lines = [f"{n}. {SPEAKER_NAMES[s.speaker]}: {s.text}" for n, s in enumerate(job.steps, start=1)]
+    prompt = (
+        STATIC_PROMPT.format(n=len(job.steps), max_words=max_words)
+        + "\n\nUser information:\n"
+        + json.dumps(info, ensure_ascii=False, indent=1)
+        + "\n\nTemplate:\n"
+        + "\n".join(lines)
+    )
+    return [{"role": "user", "content": prompt}]
+
+
+def parse_dialogue(text: str, max_words: int) -> list[str]:
+    """Utterances of a whole generated dialogue: one per labelled line; unlabelled lines continue it."""
+    utterances: list[str] = []
+    for line in text.splitlines():
+        if _LABEL.match(line):
+            utterances.append(clean_utterance(line, max_words))
+        elif line.strip() and utterances:
+            utterances[-1] = clean_utterance(f"{utterances[-1]} {line.strip()}", max_words)
+    return utterances
+
+
+def write_whole(
+    llm: LLM, jobs: Sequence[Job], config: GenerationConfig, max_words: int = 60
+) -> list[list[str]]:
+    """Each job's dialogue from one prompt, all jobs in one batched LLM call."""
+    longest = max(len(j.steps) for j in jobs)
+    # Room for every utterance at full length (about 1.4 tokens a word), or the last one is cut.
+    budget = GenerationConfig(
+        **{
+            **config.__dict__,
+            "max_new_tokens": max(config.max_new_tokens, int(longest * max_words * 1.4)),
+        }
+    )
+    texts = llm.chat_batch([whole_messages(j, max_words) for j in jobs], budget)
+    return [parse_dialogue(t, max_words) for t in texts]
