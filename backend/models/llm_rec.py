@@ -453,7 +453,8 @@ class LLMRec(CRSModel):
             if not (adapter / "adapter_config.json").is_file():
                 raise FileNotFoundError(
                     f"no llm-rec adapter at {adapter}; train one with "
-                    f"`{train_command(dataset.name, cfg.history)}`"
+                    f"`{train_command(dataset.name, cfg.history)}` (plus the --data-dir you "
+                    "evaluate with, if any)"
                 )
             trained = json.loads((adapter / "config.json").read_text())
             if trained.get("history") != cfg.history:
