@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, joinedload
 from backend.settings import get_settings
 from db.campaigns import criteria_for, find_campaign
 from db.schema import Annotator, Assignment, Campaign, Event, Judgment, Response, Task
-from db.session import session_scope
+from db.session import find_by_ref, session_scope
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +124,7 @@ def set_excluded(engine: Engine | None, annotator: str | int, excluded: bool) ->
 
 
 def _annotator(session: Session, ref: str | int) -> Annotator:
-    column = Annotator.id if isinstance(ref, int) else Annotator.name
-    row = session.scalars(select(Annotator).where(column == ref)).one_or_none()
-    if row is None:
-        names = ", ".join(session.scalars(select(Annotator.name).order_by(Annotator.id)))
-        raise LookupError(f"no annotator {ref!r}; the annotators are: {names or 'none yet'}")
-    return row
+    return find_by_ref(session, Annotator, ref, "annotator")
 
 
 # --- campaigns and criteria -------------------------------------------------------------------

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from db.arena import ARENA_CRITERION
 from db.schema import Campaign
-from db.session import get_or_create, session_scope
+from db.session import find_by_ref, get_or_create, session_scope
 
 POLICIES = ("round-robin", "random", "least-done")
 
@@ -267,12 +267,7 @@ def list_campaigns(engine: Engine | None) -> list[Campaign]:
 
 def find_campaign(session: Session, ref: str | int) -> Campaign:
     """Campaign ``ref`` (name or id) inside an open session; LookupError lists the others."""
-    column = Campaign.id if isinstance(ref, int) else Campaign.name
-    row = session.scalars(select(Campaign).where(column == ref)).one_or_none()
-    if row is None:
-        names = ", ".join(session.scalars(select(Campaign.name).order_by(Campaign.id)))
-        raise LookupError(f"no campaign {ref!r}; the campaigns are: {names or 'none yet'}")
-    return row
+    return find_by_ref(session, Campaign, ref, "campaign")
 
 
 def criteria_for(campaign: Campaign, kind: str) -> list[dict[str, Any]]:

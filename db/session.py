@@ -139,6 +139,16 @@ def _write_lock(engine: Engine) -> threading.RLock | nullcontext[None]:
         return _sqlite_write_locks.setdefault(str(engine.url), threading.RLock())
 
 
+def find_by_ref(session: Session, model: Any, ref: str | int, what: str) -> Any:
+    """The ``model`` row with id ``ref`` (an int) or name ``ref``; LookupError lists the names."""
+    column = model.id if isinstance(ref, int) else model.name
+    row = session.scalars(select(model).where(column == ref)).one_or_none()
+    if row is None:
+        names = ", ".join(session.scalars(select(model.name).order_by(model.id)))
+        raise LookupError(f"no {what} {ref!r}; the {what}s are: {names or 'none yet'}")
+    return row
+
+
 def get_or_create(
     session: Session,
     model: type[T],
