@@ -236,6 +236,61 @@ def train_llm_rec_cmd(
     )
 
 
+@train_app.command("pecrs")
+def train_pecrs_cmd(
+    dataset: DatasetArg = "redial",
+    data_dir: DataDirOpt = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the training turns (paper: 10).")] = 10,
+    max_steps: Annotated[
+        int, typer.Option(help="Stop after this many optimizer steps (0 = all epochs).")
+    ] = 0,
+    batch_size: Annotated[int, typer.Option(help="Turns per micro-batch.")] = 8,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (paper: 3e-5).")] = 3e-5,
+    eval_every: Annotated[
+        int, typer.Option(help="Steps between dev evaluations (0 = once per epoch).")
+    ] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint folder (default CRS_HOME/checkpoints/pecrs/<dataset>)."),
+    ] = None,
+    skip_existing: Annotated[
+        bool, typer.Option(help="Do nothing if the checkpoint already exists.")
+    ] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Train PECRS (LoRA + heads, recall + rerank + generation losses); keeps the best dev checkpoint."""
+    from backend.models.pecrs import PECRSConfig, default_checkpoint, train_pecrs
+
+    target = out or default_checkpoint(dataset)
+    if skip_existing and (target / "heads.pt").exists():
+        console.print(
+            f"pecrs checkpoint already at {target}; skipping (drop --skip-existing to retrain)"
+        )
+        return
+    ds = load_or_fail(dataset, data_dir)
+    try:
+        config = PECRSConfig(
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            lr=lr,
+            eval_every=eval_every,
+            **parse_overrides(set_),
+        )
+        path = train_pecrs(ds, config, out)
+    except (TypeError, ValueError) as err:  # a bad --set key or value, or no training turns
+        fail(err)
+    metrics = json.loads((path / "metrics.json").read_text())
+    console.print(
+        f"saved to {path}: {metrics['steps']} steps in {metrics['seconds']:.1f} s "
+        f"({metrics['seconds_per_step']:.2f} s/step, {metrics['seconds_per_epoch']:.0f} s/epoch), "
+        f"{100 * metrics['trainable_fraction']:.1f}% of parameters trained, best dev mean "
+        f"R@1/10/50 {metrics['best_dev']:.4f} at step {metrics['best_step']}"
+    )
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="A registered model name (see `crs models`).")],

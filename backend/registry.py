@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from backend.data.base import Dataset
-from backend.types import Dialogue, Reply, ScoredItem, UserHistory
+from backend.types import Dialogue, Reply, ScoredItem, Turn, UserHistory
 
 
 @dataclasses.dataclass
@@ -61,6 +61,13 @@ class CRSModel(ABC):
             yield word if i == len(words) - 1 else word + " "
         yield reply
 
+    def reference_nll(
+        self, dialogues: Sequence[Dialogue], references: Sequence[Turn]
+    ) -> list[tuple[float, int]] | None:
+        """Summed negative log-likelihood and token count of each reference reply given its
+        dialogue, for perplexity; None for models without a language model of their own."""
+        return None
+
     def save(self, path: Path) -> None:
         """Write the model's state and config under ``path`` (a directory)."""
         path.mkdir(parents=True, exist_ok=True)
@@ -100,7 +107,14 @@ def register(cls: type[CRSModel]) -> type[CRSModel]:
 
 def _load_builtin_models() -> None:
     # Importing the modules runs their @register decorators.
-    from backend.models import llm_rec, llm_zero_shot, popularity, retrieval, sasrec  # noqa: F401
+    from backend.models import (  # noqa: F401
+        llm_rec,
+        llm_zero_shot,
+        pecrs,
+        popularity,
+        retrieval,
+        sasrec,
+    )
 
 
 def available_models() -> dict[str, type[CRSModel]]:

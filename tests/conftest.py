@@ -8,6 +8,7 @@ import pytest
 
 from backend.catalog import Catalog
 from backend.data.base import Dataset
+from backend.llm import resolve_model_dir
 from backend.types import Dialogue, Interaction, Item, Turn, UserHistory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,3 +111,32 @@ def make_dataset() -> Dataset:
 @pytest.fixture
 def tiny_dataset() -> Dataset:
     return make_dataset()
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer, saved as a HF folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    with pytest.MonkeyPatch.context() as mp:
+        # Session fixtures run before the autouse per-test CRS_HOME is set; use the same folder.
+        mp.setenv("CRS_HOME", str(tmp_path_factory.getbasetemp() / "crs-home"))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2"))
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -129,6 +129,10 @@ def evaluate(
             contexts = [dialogue.prefix(i) for dialogue, i in chunk]
             histories = [_history(dataset, d) for d, _ in chunk] if use_history else None
             replies = model.respond_batch(contexts, histories)
+            nll = model.reference_nll(contexts, [d.turns[i] for d, i in chunk])
+            if nll is not None:
+                for total, tokens in nll:
+                    acc.add_nll(total, tokens)
             if len(replies) != len(chunk):
                 raise RuntimeError(
                     f"{model.name}.respond_batch returned {len(replies)} replies for {len(chunk)} dialogues"

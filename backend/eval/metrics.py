@@ -153,9 +153,10 @@ class MetricAccumulator:
     ``result()`` keys (K and n values follow the constructor arguments; defaults shown):
     "recall@1", "recall@10", "recall@50", "ndcg@10", "ndcg@50", "mrr@10", "mrr@50", "coverage",
     "bleu-1", "bleu-2", "rouge-1", "rouge-2", "rouge-l", "distinct-1".."distinct-4",
-    "distinct-1/resp".."distinct-4/resp", "item-f1", "item-precision", "item-recall", "n_rec",
-    "n_text". Ranking keys are absent when no ranking sample was added, text keys when no text
-    was added, and item-* keys when no presence label was added; "n_rec" and "n_text" are always
+    "distinct-1/resp".."distinct-4/resp", "item-f1", "item-precision", "item-recall",
+    "perplexity", "n_rec", "n_text". Ranking keys are absent when no ranking sample was added, text keys when no text
+    was added, item-* keys when no presence label was added, and "perplexity" when no
+    reference likelihood was added; "n_rec" and "n_text" are always
     there.
     """
 
@@ -177,6 +178,8 @@ class MetricAccumulator:
         self._refs: list[str] = []
         self._pred_presence: list[bool] = []
         self._gold_presence: list[bool] = []
+        self._nll = 0.0
+        self._nll_tokens = 0
 
     def add_ranking(self, ranked: Sequence[str], gold_items: Sequence[str]) -> None:
         """Add one recommender turn: one ranking sample per distinct gold item."""
@@ -204,6 +207,11 @@ class MetricAccumulator:
         self._pred_presence.append(bool(pred))
         self._gold_presence.append(bool(gold))
 
+    def add_nll(self, total: float, tokens: int) -> None:
+        """Add a reference reply's summed negative log-likelihood (nats) over ``tokens`` tokens."""
+        self._nll += total
+        self._nll_tokens += tokens
+
     def _add(self, key: str, value: float) -> None:
         self._sums[key] = self._sums.get(key, 0.0) + value
 
@@ -230,6 +238,9 @@ class MetricAccumulator:
             out["item-f1"] = prf["f1"]
             out["item-precision"] = prf["precision"]
             out["item-recall"] = prf["recall"]
+        if self._nll_tokens:
+            # Corpus perplexity: exp of the mean per-token negative log-likelihood.
+            out["perplexity"] = math.exp(self._nll / self._nll_tokens)
         out["n_rec"] = self._n_rec
         out["n_text"] = len(self._hyps)
         return out

@@ -32,6 +32,7 @@ from backend.mentions import match_title_list
 from backend.models.templates import recommendation_text
 from backend.registry import CRSModel, ModelConfig, register, save_run_files, timed
 from backend.settings import get_settings
+from backend.train.batches import epoch_batches
 from backend.types import Dialogue, Reply, ScoredItem, TraceStep, Turn, UserHistory
 
 log = logging.getLogger(__name__)
@@ -301,22 +302,6 @@ def target_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     mask = labels != -100
     logits = hf.get_output_embeddings()(hidden[:, :-1][mask])  # (N, V)
     return F.cross_entropy(logits.float(), labels[mask])
-
-
-def epoch_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """One shuffled epoch of batches that hold similar lengths (less padding: HF's group_by_length).
-
-    Shuffle, sort by length within windows of 16 batches, cut into batches, shuffle the batches.
-    """
-    order = rng.sample(range(len(lengths)), len(lengths))
-    window = batch_size * 16
-    grouped = [
-        sorted(order[i : i + window], key=lambda j: -lengths[j])
-        for i in range(0, len(order), window)
-    ]
-    batches = [g[i : i + batch_size] for g in grouped for i in range(0, len(g), batch_size)]
-    rng.shuffle(batches)
-    return batches
 
 
 def _mean_loss(

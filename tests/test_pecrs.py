@@ -1,0 +1,245 @@
+"""PECRS: inputs, the rerank attention mask, shared negatives, a training run that lowers the
+loss, the save/load round trip and inference, on a tiny random Llama; one real SmolLM2 run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from backend.cli import app
+from backend.data.base import Dataset
+from backend.eval.evaluate import evaluate
+from backend.models.pecrs import (
+    ITEM,
+    REC,
+    REC_END,
+    SEP,
+    PECRSConfig,
+    all_item_vectors,
+    build,
+    build_batch,
+    pecrs_losses,
+    rank_items,
+    sample_negatives,
+    slot,
+    train_pecrs,
+    train_step,
+    trainable_parameters,
+    training_batch,
+)
+from backend.registry import create_model
+from backend.types import Dialogue, Turn
+from tests.conftest import make_dataset
+
+TINY = {"device": "cpu", "m_train": 3, "m_infer": 5, "item_tokens": 16, "max_new_tokens": 8}
+
+
+@pytest.fixture
+def rec_dataset() -> Dataset:
+    """The tiny dataset with a few more training dialogues and a dev split."""
+    base = make_dataset()
+    d1, d2 = base.splits["train"]
+    more = [d.model_copy(update={"id": f"{d.id}-{n}"}) for n in range(3) for d in (d1, d2)]
+    return Dataset(
+        name="tiny",
+        catalog=base.catalog,
+        splits={"train": [d1, d2, *more], "dev": [d1], "test": [d1, d2]},
+        histories=base.histories,
+    )
+
+
+def config(tiny_llm_dir: Path, **overrides) -> PECRSConfig:
+    return PECRSConfig(backbone=str(tiny_llm_dir), **{**TINY, **overrides})
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def test_mentions_become_item_vectors_behind_role_markers(rec_dataset, tiny_llm_dir):
+    built = build(rec_dataset, config(tiny_llm_dir))
+    inputs, special = built.inputs, built.net.special
+    dialogue = rec_dataset.splits["train"][0]
+    sample = inputs.sample(dialogue, 3)
+    row = {i: r for r, i in enumerate(built.item_ids)}
+    # The seeker's Heat (1995) is [SEP] v [SEP]; the recommender's Usual Suspects [REC] v [REC_END].
+    ctx = sample.context
+    at = ctx.index(slot(row["1"]))
+    assert ctx[at - 1] == ctx[at + 1] == special[SEP]
+    at = ctx.index(slot(row["3"]))
+    assert (ctx[at - 1], ctx[at + 1]) == (special[REC], special[REC_END])
+    text = built.net.tokenizer.decode([i for i in ctx if i >= 0])
+    assert "Heat (1995)" not in text and text.count(ITEM) == 2
+    assert text.endswith("System:")
+    assert sample.gold == row["4"]
+    assert built.net.tokenizer.decode(sample.response[:-1]).strip() == f"{ITEM} is a classic."
+
+
+# ----------------------------------------------------------------------------- the mask
+
+
+def test_candidates_see_only_the_context_and_share_one_position():
+    batch = build_batch(
+        [[5, 6, 7, 8, 9, 10]],
+        rec_at=[3],
+        candidates=[[0, 1, 2]],
+        gold=[1],
+        loss_from=[3],
+        device=torch.device("cpu"),
+    )
+    allowed = batch.mask[0, 0] == 0
+    cands = [6, 7, 8]
+    for c in cands:
+        # The context up to [REC] (positions 0-3) and itself; not the response, not each other.
+        assert allowed[c].nonzero().flatten().tolist() == [0, 1, 2, 3, c]
+    assert batch.positions[0, cands].tolist() == [4, 4, 4]
+    assert batch.positions[0, :6].tolist() == list(range(6))
+    # The sequence itself stays causal and never sees a candidate.
+    assert not allowed[:6, 6:].any()
+    assert torch.equal(allowed[:6, :6], torch.ones(6, 6, dtype=torch.bool).tril())
+    assert batch.gold_at.tolist() == [1]
+    # Labels: [REC] (id 8 at position 3) is predicted from position 2, then the rest.
+    assert batch.labels[0, 2:5].tolist() == [8, 9, 10]
+
+
+def test_candidate_scores_do_not_depend_on_the_other_candidates(rec_dataset, tiny_llm_dir):
+    """The practical meaning of the mask: a candidate's rerank score is the same whatever else
+    is in the shortlist and wherever it stands."""
+    net = build(rec_dataset, config(tiny_llm_dir)).net.eval()
+    context = [100, 200, 300, net.special[REC]]
+    first = build_batch([context], [3], [[0, 1, 2, 3]], [None], [3], net.device)
+    second = build_batch([context], [3], [[5, 2, 4]], [None], [3], net.device)
+    with torch.no_grad():
+        a = net.rerank_scores(net.hidden(first), first)[0]
+        b = net.rerank_scores(net.hidden(second), second)[0]
+    assert torch.allclose(a[2], b[1], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- negatives
+
+
+def test_shared_negatives_avoid_every_positive_of_the_batch():
+    rng = random.Random(0)
+    golds = [0, 1, None, 2]
+    for _ in range(50):
+        drawn = sample_negatives(golds, n_items=20, m=10, share=True, rng=rng)
+        assert drawn[0] == drawn[1] == drawn[3] and drawn[2] == []
+        assert not {0, 1, 2} & set(drawn[0]) and len(set(drawn[0])) == 10
+
+
+def test_unshared_negatives_are_drawn_per_context():
+    rng = random.Random(0)
+    drawn = sample_negatives([0, 1], n_items=200, m=20, share=False, rng=rng)
+    assert drawn[0] != drawn[1]
+    assert 0 not in drawn[0] and 1 not in drawn[1]
+
+
+def test_too_few_items_for_the_negatives_is_a_clear_error():
+    with pytest.raises(ValueError, match="m_train=10 negatives need more than 5 items"):
+        sample_negatives([0], n_items=5, m=10, share=True, rng=random.Random(0))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_two_training_steps_lower_the_loss(rec_dataset, tiny_llm_dir):
+    torch.manual_seed(0)
+    cfg = config(tiny_llm_dir, lr=5e-3)
+    built = build(rec_dataset, cfg)
+    net = built.net
+    samples = built.inputs.samples(rec_dataset.splits["train"])[:4]
+    optimizer = torch.optim.AdamW(trainable_parameters(net), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    rng = random.Random(0)
+    batch = training_batch(net, samples, random.Random(1))
+    before = pecrs_losses(net, batch)
+    assert before["recall"] > 0 and before["rerank"] > 0 and before["gen"] > 0
+    for _ in range(2):
+        train_step(net, optimizer, scheduler, [samples], rng)
+    with torch.no_grad():
+        after = pecrs_losses(net, batch)
+    assert after["loss"] < before["loss"]
+
+
+def test_only_lora_heads_and_special_rows_change(rec_dataset, tiny_llm_dir):
+    cfg = config(tiny_llm_dir, lr=1e-2)
+    net = build(rec_dataset, cfg).net
+    embedding = net.lm.get_input_embeddings().weight
+    before = embedding.detach().clone()
+    optimizer = torch.optim.AdamW(trainable_parameters(net), lr=cfg.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    samples = build(rec_dataset, cfg).inputs.samples(rec_dataset.splits["train"])[:4]
+    train_step(net, optimizer, scheduler, [samples], random.Random(0))
+    changed = (embedding.detach() != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed and set(changed) <= set(net.special.values())
+    frozen = [n for n, p in net.lm.named_parameters() if p.requires_grad and "lora_" not in n]
+    assert frozen == ["base_model.model.model.embed_tokens.weight"]
+
+
+def test_training_saves_a_checkpoint_that_scores_identically(rec_dataset, tiny_llm_dir, tmp_path):
+    cfg = config(tiny_llm_dir, epochs=1, batch_size=2, lr=1e-3)
+    path = train_pecrs(rec_dataset, cfg, tmp_path / "ckpt")
+    metrics = json.loads((path / "metrics.json").read_text())
+    saved = json.loads((path / "config.json").read_text())
+    # 12 system turns (d1 has two, d2 one; four copies each) in batches of 2.
+    assert metrics["steps"] == 6 and len(metrics["loss"]) == 6 and metrics["dev"]
+    assert 0 < metrics["trainable_fraction"] < 1 and metrics["seconds_per_epoch"] > 0
+    assert saved["model"] == "pecrs" and saved["m_train"] == 3
+
+    model = create_model("pecrs", rec_dataset, {**TINY, "checkpoint": str(path)})
+    again = create_model("pecrs", rec_dataset, {**TINY, "checkpoint": str(path)})
+    dialogue = rec_dataset.splits["test"][0].prefix(3)
+    contexts = [model.built.inputs.context(dialogue.turns)]
+    exclude = [{model.built.inputs.row["1"], model.built.inputs.row["3"]}]
+    one, _ = rank_items(model.net, contexts, exclude, all_item_vectors(model.net))
+    two, _ = rank_items(again.net, contexts, exclude, all_item_vectors(again.net))
+    assert one == two
+    assert len(one[0]) == min(TINY["m_infer"], len(rec_dataset.catalog) - 2)
+    assert all(r not in exclude[0] for r, _ in one[0])
+
+    reply = model.respond(dialogue)
+    assert [s.item_id for s in reply.items] == [model.built.item_ids[r] for r, _ in one[0]]
+    assert reply.items[0].title and reply.trace[0].name == "recall + rerank"
+    assert "[REC]" not in reply.text and "[SEP]" not in reply.text
+
+
+def test_evaluation_reports_perplexity(rec_dataset, tiny_llm_dir, tmp_path):
+    path = train_pecrs(rec_dataset, config(tiny_llm_dir, max_steps=1, batch_size=2), tmp_path / "c")
+    model = create_model("pecrs", rec_dataset, {**TINY, "checkpoint": str(path)})
+    result = evaluate(model, rec_dataset, "test", progress=False)
+    metrics = result.metrics
+    assert metrics["n_rec"] == 3 and 1 < metrics["perplexity"] < 1e6
+    assert {"recall@1", "rouge-1", "distinct-2", "item-f1"} <= set(metrics)
+
+
+def test_a_missing_checkpoint_names_the_train_command(tiny_dataset):
+    with pytest.raises(FileNotFoundError, match="crs train pecrs --dataset tiny`"):
+        create_model("pecrs", tiny_dataset, {"device": "cpu"})
+
+
+def test_train_command_writes_metrics(tiny_llm_dir, tmp_path, monkeypatch, rec_dataset):
+    import backend.cli_common as common
+
+    monkeypatch.setattr(common, "load_dataset", lambda name, data_dir=None: rec_dataset)
+    out = tmp_path / "cli"
+    args = ["train", "pecrs", "--dataset", "redial", "--max-steps", "2", "--batch-size", "2"]
+    args += ["--out", str(out), "--set", f"backbone={tiny_llm_dir}", "--set", "device=cpu"]
+    args += ["--set", "m_train=3", "--set", "item_tokens=16"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "s/step" in result.output and "% of parameters trained" in result.output
+    assert (out / "heads.pt").is_file() and (out / "adapter_config.json").is_file()
+    again = CliRunner().invoke(app, [*args, "--skip-existing"])
+    assert "skipping" in again.output
+
+
+def test_dialogue_without_items_still_gets_a_ranking(rec_dataset, tiny_llm_dir, tmp_path):
+    path = train_pecrs(rec_dataset, config(tiny_llm_dir, max_steps=1, batch_size=2), tmp_path / "c")
+    model = create_model("pecrs", rec_dataset, {**TINY, "checkpoint": str(path), "generate": False})
+    reply = model.respond(Dialogue(id="x", turns=[Turn(role="user", text="hi")]))
+    assert len(reply.items) == 5 and reply.text
