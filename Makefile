@@ -6,6 +6,7 @@ setup:
 
 demo: setup
 	.venv/bin/crs train sasrec --dataset movielens-100k --skip-existing
+	.venv/bin/crs train pecrs --dataset llm-redial --max-steps 60 --lr 3e-4 --skip-existing
 	.venv/bin/crs demo
 
 test:

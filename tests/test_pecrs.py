@@ -34,7 +34,7 @@ from backend.models.pecrs import (
     training_batch,
 )
 from backend.registry import create_model
-from backend.types import Dialogue, Turn
+from backend.types import Dialogue, Reply, Turn
 from tests.conftest import make_dataset
 
 TINY = {"device": "cpu", "m_train": 3, "m_infer": 5, "item_tokens": 16, "max_new_tokens": 8}
@@ -202,6 +202,11 @@ def test_training_saves_a_checkpoint_that_scores_identically(rec_dataset, tiny_l
     assert len(one[0]) == min(TINY["m_infer"], len(rec_dataset.catalog) - 2)
     assert all(r not in exclude[0] for r, _ in one[0])
 
+    model.save(tmp_path / "saved")
+    loaded = type(model).load(tmp_path / "saved", rec_dataset)
+    three, _ = rank_items(loaded.net, contexts, exclude, all_item_vectors(loaded.net))
+    assert three == one
+
     reply = model.respond(dialogue)
     assert [s.item_id for s in reply.items] == [model.built.item_ids[r] for r, _ in one[0]]
     assert reply.items[0].title and reply.trace[0].name == "recall + rerank"
@@ -243,3 +248,40 @@ def test_dialogue_without_items_still_gets_a_ranking(rec_dataset, tiny_llm_dir, 
     model = create_model("pecrs", rec_dataset, {**TINY, "checkpoint": str(path), "generate": False})
     reply = model.respond(Dialogue(id="x", turns=[Turn(role="user", text="hi")]))
     assert len(reply.items) == 5 and reply.text
+
+
+def test_served_pecrs_answers_over_http_and_its_items_render_as_cards(
+    rec_dataset, tiny_llm_dir, tmp_path
+):
+    from fastapi.testclient import TestClient
+
+    from app.cards import item_cards
+    from backend.server import ModelSpec, ServerConfig, create_app
+
+    path = train_pecrs(rec_dataset, config(tiny_llm_dir, max_steps=1, batch_size=2), tmp_path / "c")
+    spec = ModelSpec(name="pecrs", config={**TINY, "checkpoint": str(path)})
+    server = ServerConfig(dataset="tiny", models=[spec], device="cpu")
+    dialogue = {"id": "x", "turns": [{"role": "user", "text": "A crime movie like Heat (1995)?"}]}
+    with TestClient(create_app(server, rec_dataset)) as client:
+        assert client.get("/health").json()["models"]["pecrs"] == "ready"
+        response = client.post("/models/pecrs/respond", json={"dialogue": dialogue})
+    assert response.status_code == 200, response.text
+    reply = Reply.model_validate(response.json())
+    assert reply.model == "pecrs" and len(reply.items) == 5 and reply.text
+    cards = item_cards(reply, {i.id: i for i in rec_dataset.catalog})
+    assert cards.count('class="crs-card"') == 5
+    assert rec_dataset.catalog[reply.items[0].item_id].title in cards
+
+
+def test_real_smollm2_backbone_trains_a_step_and_answers(rec_dataset, tmp_path):
+    """The bundled SmolLM2-135M as the backbone: about 5% of its parameters train (paper §3.5),
+    a step runs, and the reply names a catalog movie when the LM writes [ITEM]."""
+    cfg = PECRSConfig(device="cpu", m_train=3, m_infer=5, max_steps=1, batch_size=2)
+    cfg.max_new_tokens = 12
+    path = train_pecrs(rec_dataset, cfg, tmp_path / "real")
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert 0.03 < metrics["trainable_fraction"] < 0.07
+    model = create_model("pecrs", rec_dataset, {"checkpoint": str(path), "device": "cpu"})
+    reply = model.respond(rec_dataset.splits["test"][0].prefix(3))
+    assert len(reply.items) == len(rec_dataset.catalog) - 2 and reply.text.strip()
+    assert ITEM not in reply.text

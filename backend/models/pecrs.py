@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -569,7 +570,12 @@ def build(dataset: Dataset, cfg: PECRSConfig, checkpoint: Path | None = None) ->
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
-    lm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    old_rows = lm.get_input_embeddings().weight.shape[0]
+    lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        # New tokens start at the mean embedding: deterministic, so cached item states stay valid.
+        weight = lm.get_input_embeddings().weight
+        weight[old_rows:] = weight[:old_rows].mean(0)
     lm.to(device)
 
     item_ids = [item.id for item in dataset.catalog]
@@ -914,6 +920,17 @@ class PECRS(CRSModel):
         self.net.eval()
         self.all_items = all_item_vectors(self.net)
         self.version = f"{Path(self.built.backbone).name}:{path.name}"
+        self._lock = threading.Lock()  # the server may call from several threads
+
+    def save(self, path: Path) -> None:
+        """LoRA, the heads, the special-token rows and the config, loadable with ``checkpoint``."""
+        save_checkpoint(self.net, path)
+        trained = {"backbone_resolved": self.built.backbone, **self.config_dict()}
+        (path / "config.json").write_text(json.dumps(trained, indent=2))
+
+    @classmethod
+    def load(cls, path: Path, dataset: Dataset) -> CRSModel:
+        return cls(dataset, PECRSConfig(checkpoint=str(path)))
 
     def _context(self, dialogue: Dialogue) -> tuple[list[int], set[int]]:
         rows = self.built.inputs.row
@@ -928,6 +945,10 @@ class PECRS(CRSModel):
         """Recall, rerank, then (with ``generate``) a sampled response around the top item."""
         if not dialogues:
             return []
+        with self._lock:
+            return self._respond_batch(dialogues)
+
+    def _respond_batch(self, dialogues: Sequence[Dialogue]) -> list[Reply]:
         started = time.perf_counter()
         contexts, exclude = zip(*(self._context(d) for d in dialogues), strict=True)
         ranked, wants = rank_items(self.net, contexts, exclude, self.all_items)
@@ -951,16 +972,14 @@ class PECRS(CRSModel):
                 for row, score in ranking[: self.config.top_k]
             ]
             titles = [s.title for s in items]
-            if self.config.generate:
-                text = fill_items(raw, titles)
-                recommends = ITEM in raw
-            else:
+            text = fill_items(raw, titles) if self.config.generate else ""
+            recommends = ITEM in raw if self.config.generate else bool(want)
+            if not text:  # not generating, or the LM stopped at once: a template says the same
                 text = (
                     f"You might like {titles[0]}."
-                    if want and titles
+                    if recommends and titles
                     else "What kind of movies do you like?"
                 )
-                recommends = bool(want)
             trace = [
                 TraceStep(
                     name="recall + rerank",
