@@ -85,6 +85,7 @@ class PECRSConfig(ModelConfig):
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 3e-5
+    head_lr: float = 0.0  # 0 = lr; the randomly initialised heads learn faster on short CPU runs
     warmup_ratio: float = 0.1
     eval_every: int = 0  # optimizer steps between dev evaluations; 0 = once per epoch
     dev_samples: int = 200  # dev recommendation samples per evaluation (model selection)
@@ -198,12 +199,20 @@ def mlp(hidden: int, out: int) -> nn.Sequential:
 
 
 class ItemPooling(nn.Module):
-    """Eq. 1: v_j = h_item(w^T I_j), learnable weights over token positions, then an MLP."""
+    """Eq. 1: v_j = h_item(w^T I_j), learnable weights over token positions, then an MLP.
+
+    The pooled states are standardised per feature first: an LM's hidden states share a few huge
+    outlier features (SmolLM2's pooled item states have a mean cosine of 0.91 with each other),
+    which would otherwise drown what tells items apart.
+    """
 
     def __init__(self, hidden: int, max_tokens: int):
         super().__init__()
         self.weights = nn.Parameter(torch.zeros(max_tokens))  # softmax of zeros: mean pooling
         self.h_item = mlp(hidden, hidden)
+        # Feature mean and std of the item token states; set from the cache, saved with the heads.
+        self.register_buffer("mean", torch.zeros(hidden))
+        self.register_buffer("std", torch.ones(hidden))
 
     def forward(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         width = states.shape[1]
@@ -211,7 +220,7 @@ class ItemPooling(nn.Module):
         # Normalised over each text's own tokens, so short and long texts pool on one scale.
         weights = self.weights[:width].expand_as(valid).masked_fill(~valid, -torch.inf)
         pooled = torch.einsum("nl,nlh->nh", weights.softmax(-1), states.float())
-        return self.h_item(pooled)
+        return self.h_item((pooled - self.mean) / self.std)
 
 
 class PECRSHeads(nn.Module):
@@ -222,6 +231,7 @@ class PECRSHeads(nn.Module):
         self.items = ItemPooling(hidden, max_item_tokens)
         self.f = mlp(hidden, hidden)  # two-layer MLP with ReLU (§3.3)
         self.g = mlp(hidden, 1)
+        self.register_buffer("token_norm", torch.ones(()))  # mean norm of the LM's token embeddings
 
 
 @dataclass
@@ -230,6 +240,20 @@ class ItemStates:
 
     states: torch.Tensor
     lengths: torch.Tensor
+
+    def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-feature mean and std over every real token of every item."""
+        total = torch.zeros(self.states.shape[-1], dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        for start in range(0, len(self.lengths), 256):
+            states = self.states[start : start + 256].double()
+            valid = torch.arange(states.shape[1])[None, :] < self.lengths[start : start + 256, None]
+            picked = states[valid]
+            total += picked.sum(0)
+            squares += (picked**2).sum(0)
+        n = int(self.lengths.sum())
+        mean = total / n
+        return mean.float(), (squares / n - mean**2).clamp(min=1e-6).sqrt().float()
 
     def take(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = self.lengths[rows]
@@ -379,7 +403,9 @@ class PECRSNet(nn.Module):
         if is_item.any():
             rows = -1 - ids[is_item]
             unique, inverse = rows.unique(return_inverse=True)
-            vectors = self.item_vectors(unique).to(embeds.dtype)
+            # Items enter the LM at the typical norm of a token embedding.
+            vectors = F.normalize(self.item_vectors(unique), dim=-1) * self.heads.token_norm
+            vectors = vectors.to(embeds.dtype)
             embeds = embeds.masked_scatter(is_item[..., None], vectors[inverse])
         return embeds
 
@@ -601,7 +627,12 @@ def build(dataset: Dataset, cfg: PECRSConfig, checkpoint: Path | None = None) ->
         peft_lm = get_peft_model(lm, lora)
     else:
         peft_lm = PeftModel.from_pretrained(lm, checkpoint, is_trainable=True)
-    heads = PECRSHeads(lm.config.hidden_size, cfg.item_tokens).to(device)
+    heads = PECRSHeads(lm.config.hidden_size, cfg.item_tokens)
+    heads.items.mean, heads.items.std = items.feature_stats()
+    heads.token_norm = (
+        lm.get_input_embeddings().weight[: -len(SPECIAL_TOKENS)].norm(dim=-1).mean().detach().cpu()
+    )
+    heads.to(device)
     net = PECRSNet(peft_lm, tokenizer, heads, items, cfg)
     special_rows = [net.special[t] for t in SPECIAL_TOKENS]
     if checkpoint is not None:
@@ -806,7 +837,10 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     eval_every = cfg.eval_every or steps_per_epoch
-    optimizer = torch.optim.AdamW(trainable_parameters(net), lr=cfg.lr, weight_decay=0.0)
+    head_params = list(net.heads.parameters())
+    lm_params = [p for p in trainable_parameters(net) if all(p is not h for h in head_params)]
+    groups = [{"params": lm_params}, {"params": head_params, "lr": cfg.head_lr or cfg.lr}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     trainable, params = count_trainable(net)
     log.info(
@@ -837,7 +871,7 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
         losses = train_step(net, optimizer, scheduler, micro, rng)
         history.append({"step": step, **{k: round(v, 5) for k, v in losses.items()}})
         bar.update(1)
-        bar.set_postfix(loss=f"{losses['loss']:.3f}", gen=f"{losses['gen']:.2f}")
+        bar.set_postfix({k: f"{v:.2f}" for k, v in losses.items()})
         if step % eval_every == 0 or step == total:
             train_seconds = time.perf_counter() - start
             score = (
