@@ -6,7 +6,7 @@ setup:
 
 demo: setup
 	.venv/bin/crs train sasrec --dataset movielens-100k --skip-existing
-	.venv/bin/crs train pecrs --dataset llm-redial --max-steps 60 --lr 3e-4 --skip-existing
+	.venv/bin/crs train pecrs --dataset llm-redial --max-steps 24 --eval-every 24 --lr 5e-4 --set head_lr=2e-3 --set dev_samples=16 --skip-existing
 	.venv/bin/crs demo
 
 test:

@@ -91,6 +91,7 @@ class PECRSConfig(ModelConfig):
     dev_samples: int = 200  # dev recommendation samples per evaluation (model selection)
     # Generation (§4.1: top-k sampling with k = 50; Table 8 compares the others).
     generate: bool = True  # false: rank only and answer with a template (fast evaluation)
+    rerank: bool = True  # false: rank by the recall similarity alone (to measure each stage)
     decoding: str = "top-k"
     sample_top_k: int = 50
     sample_top_p: float = 0.9
@@ -706,6 +707,11 @@ def rank_items(
         next_logits = net.lm.get_output_embeddings()(hidden[idx, first.rec_at - 1]).float()
         wants = next_logits.argmax(-1) == rec
         shortlists = retrieve(net, queries, exclude, cfg.m_infer, all_items)
+        if not cfg.rerank:
+            sims = net.similarity(queries, all_items)
+            return [
+                [(r, float(sims[b, r])) for r in rows] for b, rows in enumerate(shortlists)
+            ], wants
         second = build_batch(
             [c + [rec] for c in contexts],
             [len(c) for c in contexts],
