@@ -144,6 +144,16 @@ def data_generate(
     console.print(f"load it with `--dataset llm-redial --data-dir {target}`")
 
 
+def already_trained(model: str, target: Path, marker: str) -> bool:
+    """For --skip-existing: True (and say so) when ``target/marker`` exists."""
+    if (target / marker).exists():
+        console.print(
+            f"{model} checkpoint already at {target}; skipping (drop --skip-existing to retrain)"
+        )
+        return True
+    return False
+
+
 @app.command("models")
 def models() -> None:
     """List the registered models and their descriptions."""
@@ -173,11 +183,7 @@ def train_sasrec_cmd(
     """Train SASRec on user histories or dialogue item sequences; saves weights, config and metrics."""
     from backend.models.sasrec import SASRecConfig, default_checkpoint, train_sasrec
 
-    target = out or default_checkpoint(dataset)
-    if skip_existing and (target / "model.pt").exists():
-        console.print(
-            f"sasrec checkpoint already at {target}; skipping (drop --skip-existing to retrain)"
-        )
+    if skip_existing and already_trained("sasrec", out or default_checkpoint(dataset), "model.pt"):
         return
     ds = load_or_fail(dataset, data_dir)
     config = SASRecConfig(epochs=epochs, max_steps=max_steps, **parse_overrides(set_))
@@ -262,11 +268,7 @@ def train_pecrs_cmd(
     """Train PECRS (LoRA + heads, recall + rerank + generation losses); keeps the best dev checkpoint."""
     from backend.models.pecrs import PECRSConfig, default_checkpoint, train_pecrs
 
-    target = out or default_checkpoint(dataset)
-    if skip_existing and (target / "heads.pt").exists():
-        console.print(
-            f"pecrs checkpoint already at {target}; skipping (drop --skip-existing to retrain)"
-        )
+    if skip_existing and already_trained("pecrs", out or default_checkpoint(dataset), "heads.pt"):
         return
     ds = load_or_fail(dataset, data_dir)
     try:
