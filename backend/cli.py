@@ -15,7 +15,9 @@ from backend.cli_annotation import annotate, annotators_app, export, tasks_app
 from backend.cli_common import (
     DataDirOpt,
     DatasetArg,
+    MaxStepsOpt,
     SetOpt,
+    SkipExistingOpt,
     console,
     fail,
     load_or_fail,
@@ -168,16 +170,12 @@ def train_sasrec_cmd(
     dataset: DatasetArg = "movielens-100k",
     data_dir: DataDirOpt = None,
     epochs: Annotated[int, typer.Option(help="Passes over the training sequences.")] = 100,
-    max_steps: Annotated[
-        int, typer.Option(help="Stop after this many steps (0 = all epochs).")
-    ] = 0,
+    max_steps: MaxStepsOpt = 0,
     out: Annotated[
         Path | None,
         typer.Option(help="Checkpoint folder (default CRS_HOME/checkpoints/sasrec/<dataset>)."),
     ] = None,
-    skip_existing: Annotated[
-        bool, typer.Option(help="Do nothing if the checkpoint already exists.")
-    ] = False,
+    skip_existing: SkipExistingOpt = False,
     set_: SetOpt = None,
 ) -> None:
     """Train SASRec on user histories or dialogue item sequences; saves weights, config and metrics."""
@@ -204,9 +202,7 @@ def train_llm_rec_cmd(
         bool, typer.Option(help="Prompts list the user's history items (Dial. + H. I.).")
     ] = False,
     epochs: Annotated[int, typer.Option(help="Passes over the training turns.")] = 1,
-    max_steps: Annotated[
-        int, typer.Option(help="Stop after this many optimizer steps (0 = all epochs).")
-    ] = 0,
+    max_steps: MaxStepsOpt = 0,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 2,
     lr: Annotated[float, typer.Option(help="AdamW learning rate of the LoRA weights.")] = 5e-4,
     out: Annotated[
@@ -247,9 +243,7 @@ def train_pecrs_cmd(
     dataset: DatasetArg = "redial",
     data_dir: DataDirOpt = None,
     epochs: Annotated[int, typer.Option(help="Passes over the training turns (paper: 10).")] = 10,
-    max_steps: Annotated[
-        int, typer.Option(help="Stop after this many optimizer steps (0 = all epochs).")
-    ] = 0,
+    max_steps: MaxStepsOpt = 0,
     batch_size: Annotated[int, typer.Option(help="Turns per micro-batch.")] = 8,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (paper: 3e-5).")] = 3e-5,
@@ -260,9 +254,7 @@ def train_pecrs_cmd(
         Path | None,
         typer.Option(help="Checkpoint folder (default CRS_HOME/checkpoints/pecrs/<dataset>)."),
     ] = None,
-    skip_existing: Annotated[
-        bool, typer.Option(help="Do nothing if the checkpoint already exists.")
-    ] = False,
+    skip_existing: SkipExistingOpt = False,
     set_: SetOpt = None,
 ) -> None:
     """Train PECRS (LoRA + heads, recall + rerank + generation losses); keeps the best dev checkpoint."""

@@ -23,6 +23,10 @@ DataDirOpt = Annotated[
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Model config override KEY=VALUE (repeatable).")
 ]
+SkipExistingOpt = Annotated[bool, typer.Option(help="Do nothing if the checkpoint already exists.")]
+MaxStepsOpt = Annotated[
+    int, typer.Option(help="Stop after this many optimizer steps (0 = all epochs).")
+]
 
 
 def fail(error: object) -> NoReturn:
