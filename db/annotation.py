@@ -24,20 +24,21 @@ import hashlib
 import logging
 import random
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlencode
 
-from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, func, or_, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, joinedload
 
 from backend.settings import get_settings
-from db.campaigns import criteria_for, find_campaign
-from db.schema import Annotator, Assignment, Campaign, Event, Judgment, Response, Task
-from db.session import find_by_ref, session_scope
+from db.campaigns import NOT_APPLICABLE, campaign_setting, criteria_for, find_campaign
+from db.schema import Annotator, Assignment, Campaign, Event, Judgment, Response, Task, TaskImport
+from db.session import find_by_ref, get_engine, session_scope
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ def _validate(
     answers: Mapping[str, Any],
     where: str,
 ) -> dict[str, Answer]:
+    """The answers checked against ``criteria``: on the scale, "n/a" where allowed, optional
+    criteria (``required: false``) may be left out (None)."""
     by_name = {c["name"]: c for c in criteria}
     for name in answers:
         if name not in by_name:
@@ -161,11 +164,15 @@ def _validate(
     valid: dict[str, Answer] = {}
     for name, criterion in by_name.items():
         allowed = scale_values(criterion)
+        if criterion.get("allow_na"):
+            allowed = [*allowed, NOT_APPLICABLE]
         choices = ", ".join(map(str, allowed))
         value = answers.get(name)
         if value is None:
-            raise ValueError(f"criterion {name!r} has no answer; choose one of {choices}")
-        if criterion["kind"] == "rating":
+            if criterion.get("required", True):
+                raise ValueError(f"criterion {name!r} has no answer; choose one of {choices}")
+            continue
+        if criterion["kind"] == "rating" and value != NOT_APPLICABLE:
             # bool is an Integral too, and True == 1 would pass the range check.
             if isinstance(value, bool) or not isinstance(value, Integral):
                 raise ValueError(f"criterion {name!r}: {value!r} is not a rating; use {choices}")
@@ -183,14 +190,17 @@ def assign_tasks(
     engine: Engine | None,
     campaign: str | int,
     annotators: Iterable[str | int] | None = None,
-    seed: int = 0,
+    seed: int | None = None,
+    limit: int | None = None,
 ) -> int:
     """Give every task of ``campaign`` to ``overlap`` annotators; return how many were added.
 
     ``annotators`` (names or ids) defaults to every non-excluded annotator with role "annotator".
     Idempotent: a re-run adds only what is missing, so it tops up new tasks and new annotators.
     Assignments of excluded annotators do not count towards the overlap, so a re-run after
-    ``set_excluded`` replaces their share. Gold (attention-check) tasks go to everyone.
+    ``set_excluded`` replaces their share. Gold tasks (attention checks and onboarding) go to
+    everyone; tasks of an import still running are left for a later run. ``limit`` caps the
+    regular tasks each annotator gets in this run (a crowd worker's batch).
 
     Who gets a task follows ``Campaign.assignment_policy``:
 
@@ -199,62 +209,156 @@ def assign_tasks(
     * ``least-done`` — those with the fewest finished tasks in the campaign first, then the
       fewest assigned, so newcomers catch up.
 
-    For pairwise tasks, the side response A is shown on is drawn from ``seed``, the campaign, the
-    task and the annotator, so it does not depend on the order of runs.
+    Each annotator's new tasks are queued in an order of their own (``Assignment.queue_order``):
+    a shuffle seeded by ``seed`` (default the campaign's), the annotator and the run, with tasks
+    of one context kept apart; campaigns with ``randomize_order: false`` keep the task order and
+    only place attention checks at random. For pairwise tasks, the side response A is shown on
+    is drawn from ``seed``, the campaign, the task and the annotator, so it does not depend on the
+    order of runs. The plan is read in one snapshot and written in short chunks.
     """
-    with session_scope(engine) as session:
+    engine = engine or get_engine()
+    with session_scope(engine, write=False) as session:
         target = find_campaign(session, campaign)
+        seed = campaign_setting(target, "seed", 0) if seed is None else seed
         pool = _pool(session, target, annotators)
+        finished = select(TaskImport.id).where(TaskImport.status == "done")
         tasks = list(
             session.scalars(
-                select(Task).where(Task.campaign_id == target.id).order_by(Task.position, Task.id)
+                select(Task)
+                .where(
+                    Task.campaign_id == target.id,
+                    or_(Task.import_id.is_(None), Task.import_id.in_(finished)),
+                )
+                .order_by(Task.position, Task.id)
             )
         )
-        gold_ids = {t.id for t in tasks if t.gold}
+        _check_onboarding(target, tasks)
         existing = session.execute(
             select(
-                Assignment.task_id, Assignment.annotator_id, Assignment.status, Annotator.excluded
+                Assignment.task_id,
+                Assignment.annotator_id,
+                Assignment.status,
+                Assignment.queue_order,
+                Annotator.excluded,
             )
             .join(Task, Task.id == Assignment.task_id)
             .join(Annotator, Annotator.id == Assignment.annotator_id)
             .where(Task.campaign_id == target.id)
         ).all()
-        holders: dict[int, set[int]] = {}
-        counting: dict[int, int] = {}  # per task: the assignments that count towards the overlap
-        assigned = {a.id: 0 for a in pool}
-        done = {a.id: 0 for a in pool}
-        regular_given = 0
-        for task_id, annotator_id, status, excluded in existing:
-            holders.setdefault(task_id, set()).add(annotator_id)
-            counting[task_id] = counting.get(task_id, 0) + (not excluded)
-            if annotator_id in assigned:
-                assigned[annotator_id] += 1
-                done[annotator_id] += status == "done"
-            regular_given += task_id not in gold_ids
+    gold_ids = {t.id for t in tasks if t.gold or t.stage == "onboarding"}
+    holders: dict[int, set[int]] = {}
+    counting: dict[int, int] = {}  # per task: the assignments that count towards the overlap
+    assigned = {a.id: 0 for a in pool}
+    done = {a.id: 0 for a in pool}
+    last_order = {a.id: -1 for a in pool}
+    regular_given = 0
+    for task_id, annotator_id, status, order, excluded in existing:
+        holders.setdefault(task_id, set()).add(annotator_id)
+        counting[task_id] = counting.get(task_id, 0) + (not excluded)
+        if annotator_id in assigned:
+            assigned[annotator_id] += 1
+            done[annotator_id] += status == "done"
+            last_order[annotator_id] = max(last_order[annotator_id], order)
+        regular_given += task_id not in gold_ids
 
-        order = [a.id for a in pool]
-        rotation = _Rotation(order, start=regular_given)
-        added = 0
-        for task in tasks:
-            have = holders.get(task.id, set())
-            candidates = [a for a in order if a not in have]
+    order = [a.id for a in pool]
+    rotation = _Rotation(order, start=regular_given)
+    new: dict[int, list[Task]] = {a: [] for a in order}
+    for task in tasks:
+        have = holders.get(task.id, set())
+        candidates = [a for a in order if a not in have]
+        if task.id in gold_ids:
+            chosen = candidates
+        else:
+            if limit is not None:
+                candidates = [a for a in candidates if _regular(new[a], gold_ids) < limit]
             need = min(len(candidates), max(0, target.overlap - counting.get(task.id, 0)))
-            if task.gold:
-                chosen = candidates
-            elif target.assignment_policy == "random":
+            if target.assignment_policy == "random":
                 chosen = random.Random(f"{seed}:{target.id}:{task.id}").sample(candidates, need)
             elif target.assignment_policy == "least-done":
                 chosen = sorted(candidates, key=lambda a: (done[a], assigned[a], a))[:need]
             else:
-                chosen = rotation.take(have, need)
-            for annotator_id in chosen:
-                left_is_a = _left_is_a(seed, target.id, task, annotator_id)
-                session.add(
-                    Assignment(task_id=task.id, annotator_id=annotator_id, left_is_a=left_is_a)
-                )
-                assigned[annotator_id] += 1
-                added += 1
+                chosen = rotation.take(have | (set(order) - set(candidates)), need)
+        for annotator_id in chosen:
+            new[annotator_id].append(task)
+            assigned[annotator_id] += 1
+
+    rows = []
+    shuffled = campaign_setting(target, "randomize_order", True)
+    for annotator_id, batch in new.items():
+        rng = random.Random(f"{seed}:{target.id}:{annotator_id}:{last_order[annotator_id]}")
+        queued = _queue_order(batch, gold_ids, rng, shuffled)
+        rows += [
+            {
+                "task_id": task.id,
+                "annotator_id": annotator_id,
+                "left_is_a": _left_is_a(seed, target.id, task, annotator_id),
+                "queue_order": last_order[annotator_id] + 1 + k,
+            }
+            for k, task in enumerate(queued)
+        ]
+    added = _insert_assignments(engine, rows)
     log.info("campaign %r: %d new assignments", target.name, added)
+    return added
+
+
+def _regular(tasks: list[Task], gold_ids: set[int]) -> int:
+    return sum(t.id not in gold_ids for t in tasks)
+
+
+def _check_onboarding(target: Campaign, tasks: Sequence[Task]) -> None:
+    """Refuse to hand out a campaign whose qualification cannot be passed."""
+    needed = (campaign_setting(target, "onboarding") or {}).get("pass_required", 0)
+    have = sum(t.stage == "onboarding" for t in tasks)
+    if needed > have:
+        raise ValueError(
+            f"campaign {target.name!r} requires passing {needed} onboarding task(s) but has "
+            f"{have}; import rows with stage 'onboarding' and a gold answer first"
+        )
+
+
+def _queue_order(
+    tasks: list[Task], gold_ids: set[int], rng: random.Random, shuffled: bool
+) -> list[Task]:
+    """One annotator's new tasks in the order they will see them (onboarding is queued apart).
+
+    Shuffled: a seeded permutation, then tasks of the same context are pulled apart where another
+    task can go between them. Not shuffled: task order, with attention checks at random places.
+    """
+    onboarding = [t for t in tasks if t.stage == "onboarding"]
+    rest = [t for t in tasks if t.stage != "onboarding"]
+    if shuffled:
+        rng.shuffle(rest)
+        spread: list[Task] = []
+        while rest:
+            last_context = spread[-1].context_id if spread else None
+            pick = next((t for t in rest if t.context_id != last_context), rest[0])
+            rest.remove(pick)
+            spread.append(pick)
+        return onboarding + spread
+    ordered = [t for t in rest if t.id not in gold_ids]
+    for check in (t for t in rest if t.id in gold_ids):
+        ordered.insert(rng.randint(0, len(ordered)), check)
+    return onboarding + ordered
+
+
+def _insert_assignments(engine: Engine, rows: list[dict[str, Any]], chunk: int = 200) -> int:
+    """Insert ``rows`` a chunk per transaction, skipping any another run inserted meanwhile."""
+    added = 0
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        with session_scope(engine) as session:
+            taken = set(
+                session.execute(
+                    select(Assignment.task_id, Assignment.annotator_id).where(
+                        Assignment.task_id.in_({r["task_id"] for r in part}),
+                        Assignment.annotator_id.in_({r["annotator_id"] for r in part}),
+                    )
+                ).all()
+            )
+            fresh = [r for r in part if (r["task_id"], r["annotator_id"]) not in taken]
+            session.add_all(Assignment(**r) for r in fresh)
+            added += len(fresh)
     return added
 
 
@@ -323,6 +427,7 @@ class QueueEntry:
     kind: str
     status: str
     number: int  # 1-based place in the queue, as shown to the annotator
+    stage: str = "main"  # "onboarding": qualification, before the real tasks
 
 
 @dataclass(frozen=True)
@@ -358,12 +463,15 @@ def queue(engine: Engine | None, annotator_id: int, campaign: str | int) -> list
     with session_scope(engine, write=False) as session:
         target = find_campaign(session, campaign)
         rows = session.execute(
-            select(Assignment.id, Task.id, Task.kind, Assignment.status)
+            select(Assignment.id, Task.id, Task.kind, Assignment.status, Task.stage)
             .join(Task, Task.id == Assignment.task_id)
             .where(Task.campaign_id == target.id, Assignment.annotator_id == annotator_id)
-            .order_by(Task.position, Task.id)
+            .order_by(Task.stage != "onboarding", Assignment.queue_order, Task.position, Task.id)
         ).all()
-    return [QueueEntry(a, t, k, s, number) for number, (a, t, k, s) in enumerate(rows, start=1)]
+    return [
+        QueueEntry(a, t, k, status, number, stage)
+        for number, (a, t, k, status, stage) in enumerate(rows, start=1)
+    ]
 
 
 def next_assignment(
@@ -419,6 +527,9 @@ class TaskView:
     criteria: list[dict[str, Any]]
     answers: dict[str, Answer]  # latest revision per criterion, in A/B terms
     reason: str | None
+    stage: str = "main"
+    # An answered onboarding task: how the first answer compares with the gold one.
+    result: OnboardingResult | None = None
 
     def sides(self) -> tuple[ShownResponse, ShownResponse]:
         """The two responses in screen order (left, right) for a pairwise task."""
@@ -454,6 +565,8 @@ def load_task(engine: Engine | None, assignment_id: int, annotator_id: int) -> T
             criteria=criteria_for(task.campaign, task.kind),
             answers={name: _answer(j) for name, j in latest.items()},
             reason=reason,
+            stage=task.stage,
+            result=_onboarding_result(session, assignment) if assignment.status == "done" else None,
         )
 
 
@@ -487,6 +600,105 @@ def _answer(judgment: Judgment) -> Answer:
     if judgment.rating is not None:
         return judgment.rating
     return str(judgment.choice)
+
+
+# --- onboarding (qualification) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OnboardingResult:
+    """An answered onboarding task: right or wrong, what was expected, and the explanation."""
+
+    correct: bool
+    expected: dict[str, Answer]  # gold answers, pairwise ones in A/B terms
+    given: dict[str, Answer]  # the annotator's first answers
+    feedback: str
+
+
+@dataclass(frozen=True)
+class Qualification:
+    """Where an annotator stands in a campaign's onboarding."""
+
+    required: int  # correct onboarding answers needed; 0 = the campaign has no onboarding
+    total: int
+    answered: int
+    correct: int
+
+    @property
+    def state(self) -> Literal["none", "in-progress", "passed", "failed"]:
+        if self.required == 0:
+            return "none"
+        if self.correct + (self.total - self.answered) < self.required:
+            return "failed"  # even all remaining right would not be enough
+        return "passed" if self.answered == self.total else "in-progress"
+
+
+def _first_answers(session: Session, assignment_id: int) -> dict[str, Answer]:
+    """Revision 0 per criterion: on an onboarding task the first answer is the one that counts."""
+    rows = session.scalars(
+        select(Judgment).where(Judgment.assignment_id == assignment_id, Judgment.revision == 0)
+    )
+    return {j.criterion: _answer(j) for j in rows}
+
+
+def _onboarding_result(session: Session, assignment: Assignment) -> OnboardingResult | None:
+    task = assignment.task
+    if task.stage != "onboarding" or not task.gold:
+        return None
+    given = _first_answers(session, assignment.id)
+    expected = dict(task.gold)
+    correct = all(given.get(name) == value for name, value in expected.items())
+    return OnboardingResult(correct, expected, given, task.feedback or "")
+
+
+def qualification(engine: Engine | None, annotator_id: int, campaign: str | int) -> Qualification:
+    """``annotator_id``'s onboarding in ``campaign``: answered and correct of the required."""
+    with session_scope(engine, write=False) as session:
+        return _qualification(session, find_campaign(session, campaign), annotator_id)
+
+
+def _qualification(session: Session, campaign: Campaign, annotator_id: int) -> Qualification:
+    required = (campaign_setting(campaign, "onboarding") or {}).get("pass_required", 0)
+    assignments = session.scalars(
+        select(Assignment)
+        .join(Task, Task.id == Assignment.task_id)
+        .options(joinedload(Assignment.task))
+        .where(
+            Task.campaign_id == campaign.id,
+            Task.stage == "onboarding",
+            Assignment.annotator_id == annotator_id,
+        )
+    ).all()
+    results = [_onboarding_result(session, a) for a in assignments if a.status == "done"]
+    correct = sum(bool(r and r.correct) for r in results)
+    return Qualification(required, len(assignments), len(results), correct)
+
+
+def _release_if_failed(engine: Engine | None, annotator_id: int, campaign_id: int) -> None:
+    """After a failed qualification, give the annotator's pending real tasks back to the pool."""
+    if qualification(engine, annotator_id, campaign_id).state != "failed":
+        return
+    with session_scope(engine) as session:
+        pending = session.scalars(
+            select(Assignment)
+            .join(Task, Task.id == Assignment.task_id)
+            .where(
+                Task.campaign_id == campaign_id,
+                Task.stage == "main",
+                Assignment.annotator_id == annotator_id,
+                Assignment.status == "pending",
+            )
+        ).all()
+        for assignment in pending:
+            session.delete(assignment)
+        session.add(
+            Event(
+                annotator_id=annotator_id,
+                kind="disqualified",
+                payload={"campaign_id": campaign_id, "released": len(pending)},
+            )
+        )
+    log.info("annotator %d failed onboarding; %d tasks released", annotator_id, len(pending))
 
 
 # --- answers ----------------------------------------------------------------------------------
@@ -528,14 +740,54 @@ def submit(
     first answer, "edited" for a change (logged with old and new answers) or "unchanged".
     """
     reason = (reason or "").strip() or None
-    try:
-        outcome = _submit(engine, assignment_id, annotator_id, answers, reason)
-    except IntegrityError:
-        # PostgreSQL only (SQLite's write lock serialises submits): a concurrent submit of this
-        # assignment inserted the same revision first. Once more, on top of the winner's rows.
-        outcome = _submit(engine, assignment_id, annotator_id, answers, reason)
+    outcome, stage, campaign_id = _retry_while_busy(
+        lambda: _submit(engine, assignment_id, annotator_id, answers, reason)
+    )
+    if stage == "onboarding" and outcome == "submitted":
+        _release_if_failed(engine, annotator_id, campaign_id)
     log.debug("assignment %d %s by annotator %d", assignment_id, outcome, annotator_id)
     return outcome
+
+
+class DatabaseBusy(RuntimeError):
+    """The database stayed locked by other writers for longer than a person should wait."""
+
+    MESSAGE = (
+        "The study's database is busy right now, so your answers were not saved yet. "
+        "They are still on the page: please press Submit again in a few seconds."
+    )
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
+
+
+T = TypeVar("T")
+# On top of SQLite's own busy timeout per attempt: how long a submit keeps trying in all.
+SUBMIT_PATIENCE_S = 30.0
+
+
+def _retry_while_busy(write: Callable[[], T], patience_s: float = SUBMIT_PATIENCE_S) -> T:
+    """Run ``write``; on "database is locked" (or a concurrent duplicate) wait and run it again.
+
+    PostgreSQL only raises IntegrityError here when a concurrent submit of the same assignment
+    inserted the same revision first; the retry then builds on the winner's rows.
+    """
+    deadline = time.monotonic() + patience_s
+    delay = 0.05
+    while True:
+        try:
+            return write()
+        except IntegrityError:
+            if time.monotonic() > deadline:
+                raise
+        except OperationalError as err:
+            if "locked" not in str(err) and "busy" not in str(err):
+                raise
+            if time.monotonic() > deadline:
+                log.warning("submit gave up after %.0f s: %s", patience_s, err)
+                raise DatabaseBusy() from err
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def _submit(
@@ -544,10 +796,14 @@ def _submit(
     annotator_id: int,
     answers: Mapping[str, Any],
     reason: str | None,
-) -> SubmitOutcome:
+) -> tuple[SubmitOutcome, str, int]:
     with session_scope(engine) as session:
         assignment = _assignment(session, assignment_id, annotator_id)
         task = assignment.task
+        if task.stage == "onboarding" and assignment.status == "done":
+            return "unchanged", task.stage, task.campaign_id  # the first answer counts
+        if task.stage == "main":
+            _require_qualified(session, task.campaign, annotator_id)
         valid = _validate(
             criteria_for(task.campaign, task.kind),
             answers,
@@ -567,7 +823,7 @@ def _submit(
             if name not in latest or (_answer(latest[name]), latest[name].reason) != (value, reason)
         ]
         if not new_rows and assignment.status == "done":
-            return "unchanged"
+            return "unchanged", task.stage, task.campaign_id
         session.add_all(new_rows)
         if latest:
             outcome: SubmitOutcome = "edited"
@@ -588,7 +844,16 @@ def _submit(
                 payload=payload,
             )
         )
-    return outcome
+    return outcome, task.stage, task.campaign_id
+
+
+def _require_qualified(session: Session, campaign: Campaign, annotator_id: int) -> None:
+    """PermissionError unless the annotator passed the campaign's onboarding (if it has one)."""
+    status = _qualification(session, campaign, annotator_id)
+    if status.state not in ("none", "passed"):
+        raise PermissionError(
+            f"campaign {campaign.name!r}: pass the onboarding ({status.required} correct) first"
+        )
 
 
 def skip(engine: Engine | None, assignment_id: int, annotator_id: int) -> None:
@@ -601,6 +866,8 @@ def skip(engine: Engine | None, assignment_id: int, annotator_id: int) -> None:
             )
         if assignment.status == "skipped":
             return
+        if assignment.task.stage == "onboarding":
+            raise ValueError("onboarding tasks cannot be skipped; they qualify you for the study")
         assignment.status = "skipped"
         session.add(Event(annotator_id=annotator_id, assignment_id=assignment_id, kind="skipped"))
 

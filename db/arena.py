@@ -15,7 +15,9 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from backend.types import Dialogue, ScoredItem
-from db.schema import ArenaOutcome, ArenaVote, Campaign, Context, Response, System, Task
+from db.campaigns import TEMPLATES, campaign_from_spec
+from db.content import store_context, store_response
+from db.schema import ArenaOutcome, ArenaVote, Campaign, Task
 from db.session import get_or_create, session_scope
 
 log = logging.getLogger(__name__)
@@ -23,20 +25,8 @@ log = logging.getLogger(__name__)
 VOTES = ("A", "B", "tie", "both_bad")
 MODES = ("blind", "named")
 ARENA_SOURCE = "arena"
-ARENA_CRITERION: dict[str, Any] = {
-    "name": "overall",
-    "kind": "pairwise",
-    "scale": ["A", "B", "tie"],
-    "labels": {
-        "A": "Response A is better",
-        "B": "Response B is better",
-        "tie": "They are about as good (or as bad)",
-    },
-    "rubric": (
-        "Which response helps the user more? Judge the recommendations (do they fit what the user"
-        " asked for and said they like?), then how clearly and naturally the response reads."
-    ),
-}
+# The one question of an arena round, as the built-in "arena" protocol asks it.
+ARENA_CRITERION: dict[str, Any] = TEMPLATES["arena"].stored_criteria()[0]
 
 
 class AlreadyVoted(Exception):
@@ -213,45 +203,22 @@ def export_arena_round(engine: Engine | None, round_id: str, campaign: str = "ar
                 round_id,
             )
 
-        target, _ = get_or_create(
-            session,
-            Campaign,
-            defaults={
-                "description": "Arena rounds queued for careful pairwise annotation.",
-                "template": "arena",
-                "criteria": [ARENA_CRITERION],
-                "task_kinds": ["pairwise"],
-                # Three judgments per round allow agreement statistics and a majority.
-                "overlap": 3,
-            },
-            name=campaign,
-        )
+        # An existing campaign of any protocol with pairwise tasks takes the round as it is.
+        target = session.scalars(select(Campaign).where(Campaign.name == campaign)).first()
+        target = target or campaign_from_spec(session, TEMPLATES["arena"], campaign, "arena")
         if "pairwise" not in target.task_kinds:
             raise ValueError(
                 f"campaign {campaign!r} has task kinds {target.task_kinds}; "
                 "export arena rounds to a campaign with pairwise tasks"
             )
-        context, _ = get_or_create(
-            session,
-            Context,
-            defaults={"dialogue": context_a.model_dump(mode="json")},
-            source=ARENA_SOURCE,
-            external_id=round_id,
-        )
-        responses = []
-        for name, version, text, items in (
-            (vote.model_a, vote.model_a_version, text_a, items_a),
-            (vote.model_b, vote.model_b_version, text_b, items_b),
-        ):
-            system, _ = get_or_create(session, System, name=name, version=version)
-            response, _ = get_or_create(
-                session,
-                Response,
-                defaults={"text": text, "items": items, "trace": []},
-                context_id=context.id,
-                system_id=system.id,
+        context = store_context(session, ARENA_SOURCE, round_id, context_a.model_dump(mode="json"))
+        responses = [
+            store_response(session, context.id, name, version, text, items)
+            for name, version, text, items in (
+                (vote.model_a, vote.model_a_version, text_a, items_a),
+                (vote.model_b, vote.model_b_version, text_b, items_b),
             )
-            responses.append(response)
+        ]
 
         last_position = session.scalar(
             select(func.max(Task.position)).where(Task.campaign_id == target.id)

@@ -1,214 +1,260 @@
-"""Annotation campaigns: the papers' evaluation protocols as templates, and creating campaigns.
+"""Annotation campaigns: a study defined in a file (``CampaignSpec``), built-in protocols, creation.
 
-A campaign's ``criteria`` say what annotators judge. Rating criteria apply to rating tasks (one
-response), pairwise criteria to pairwise tasks (two responses of the same context). Templates:
+A campaign file (YAML or JSON) says what annotators judge and how the study runs::
+
+    name: my-study
+    guidelines: "Markdown shown before the first task"   # or guidelines_file: guide.md
+    overlap: 3                      # annotators per task
+    criteria:
+      - name: fluency
+        kind: likert                # a rating on 1..N (scale: 5) or low..high (scale: [0, 2])
+        question: How fluent is the response?
+        scale: 5
+        labels: [Hard to read, Awkward, OK, Fluent, Perfect]    # one per point
+        rubric: Judge the language only.
+        required: true              # false: a submission may leave it unanswered
+        allow_na: false             # true: offer "Can't judge / N/A"
+      - name: preference
+        kind: pairwise              # A / B / tie between two responses
+        question: better overall
+    onboarding: {pass_required: 2}  # pass 2 onboarding (gold) tasks before the real ones
+    randomize_order: true           # a seeded order per annotator (attention checks interleaved)
+    seed: 0
+    min_seconds: 5                  # judgments faster than this are flagged in exports
+    completion_code: C1A2B3         # shown when an annotator finishes
+    completion_url: https://app.prolific.com/submissions/complete?cc=C1A2B3
+    crowd: {tasks_per_worker: 10}   # accept crowd links (?campaign=…&PROLIFIC_PID=…)
+
+The built-in protocols are such files in ``db/templates/``:
 
 * ``presales`` — informativeness and relevance, 1–5 (the pre-sales paper, Appendix D / Table 4);
 * ``llm-redial`` — fluency, informativeness, logic and coherence, 0–2 (LLM-REDIAL §3.3 and the
   rating scheme of its Appendix D.1), plus a pairwise "overall" comparison;
 * ``pecrs`` — pairwise fluency and relevancy with a tie option (PECRS Table 4);
-* ``arena`` — one pairwise "overall" criterion, for rounds exported from the demo.
+* ``arena`` — one pairwise "overall" criterion, for rounds exported from the demo;
+* ``crs-arena`` — this project's protocol: fluency, informativeness, relevance 1–5, and a pairwise
+  preference.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from db.arena import ARENA_CRITERION
-from db.schema import Campaign
+from db.schema import Campaign, TaskImport
 from db.session import find_by_ref, get_or_create, session_scope
 
 POLICIES = ("round-robin", "random", "least-done")
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+NA_LABEL = "Can't judge / N/A"
+NOT_APPLICABLE = "n/a"  # the stored answer of "can't judge"
 
 
-def rating(name: str, low: int, high: int, labels: dict[int, str], rubric: str) -> dict[str, Any]:
-    """A rating criterion on the integer scale ``low..high``; ``labels`` explain each point."""
-    if set(labels) != set(range(low, high + 1)):
-        raise ValueError(f"criterion {name!r}: give a label for every point {low}..{high}")
-    return {
-        "name": name,
-        "kind": "rating",
-        "scale": [low, high],
-        "labels": {str(k): v for k, v in labels.items()},
-        "rubric": rubric,
-    }
+class CampaignFileError(ValueError):
+    """A campaign file (or spec) that cannot define a study; the message names file and field."""
 
 
-def pairwise(name: str, question: str, rubric: str) -> dict[str, Any]:
-    """A pairwise criterion: A better, B better or tie."""
-    return {
-        "name": name,
-        "kind": "pairwise",
-        "scale": ["A", "B", "tie"],
-        "labels": {
-            "A": f"Response A is better ({question})",
-            "B": f"Response B is better ({question})",
-            "tie": "About the same",
-        },
-        "rubric": rubric,
-    }
+class CriterionSpec(BaseModel):
+    """One question annotators answer per task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\w][\w .\-]*$")]
+    kind: Literal["likert", "rating", "pairwise"]
+    question: str = ""
+    # likert: N (points 1..N) or [low, high]; pairwise: always A / B / tie.
+    scale: int | tuple[int, int] | None = None
+    # likert: one label per point, low to high (or {point: label}); pairwise: {A, B, tie: label}.
+    labels: list[str] | dict[str, str] | None = None
+    rubric: str = ""
+    required: bool = True
+    allow_na: bool = False
+
+    @field_validator("kind")
+    @classmethod
+    def _one_rating_kind(cls, kind: str) -> str:
+        return "rating" if kind == "likert" else kind
+
+    @model_validator(mode="after")
+    def _scale_and_labels(self) -> CriterionSpec:
+        if self.kind == "pairwise":
+            if self.scale is not None:
+                raise ValueError("a pairwise criterion has no scale (its answers are A, B, tie)")
+            extra = set(self.labels or {}) - {"A", "B", "tie"}
+            if isinstance(self.labels, list) or extra:
+                raise ValueError("pairwise labels are a mapping of A, B and tie to their text")
+            return self
+        if self.scale is None:
+            raise ValueError("a likert criterion needs a scale: N points (1..N) or [low, high]")
+        low, high = (1, self.scale) if isinstance(self.scale, int) else self.scale
+        if high - low < 1 or high - low > 20:
+            raise ValueError(f"scale {low}..{high} should have 2 to 21 points")
+        points = list(range(low, high + 1))
+        labels = self.labels
+        if isinstance(labels, dict):
+            labels = [labels.get(str(p), "") for p in points]
+        if labels is None or len(labels) != len(points) or not all(str(x).strip() for x in labels):
+            raise ValueError(f"give a label for every point {low}..{high} ({len(points)} labels)")
+        self.scale = (low, high)
+        self.labels = [str(x) for x in labels]
+        return self
+
+    def stored(self) -> dict[str, Any]:
+        """The criterion as ``Campaign.criteria`` keeps it (labels keyed by the answer text)."""
+        if self.kind == "pairwise":
+            what = f" ({self.question})" if self.question else ""
+            labels = {
+                "A": f"Response A is better{what}",
+                "B": f"Response B is better{what}",
+                "tie": "About the same",
+                **(self.labels or {}),
+            }
+            scale: list[Any] = ["A", "B", "tie"]
+        else:
+            low, high = self.scale  # type: ignore[misc]  # set by the validator
+            labels = dict(zip(map(str, range(low, high + 1)), self.labels or [], strict=True))
+            scale = [low, high]
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "scale": scale,
+            "labels": labels,
+            "question": self.question,
+            "rubric": self.rubric,
+            "required": self.required,
+            "allow_na": self.allow_na,
+        }
 
 
-@dataclass(frozen=True)
-class CampaignTemplate:
-    """A ready-made protocol: criteria, task kinds, annotators per task and guidelines."""
+class OnboardingSpec(BaseModel):
+    """Qualification: the campaign's onboarding tasks come first, with feedback after each."""
 
-    name: str
-    description: str
-    criteria: list[dict[str, Any]]
-    overlap: int = 3
+    model_config = ConfigDict(extra="forbid")
+
+    pass_required: Annotated[int, Field(ge=1)] = Field(
+        description="Onboarding tasks to answer correctly before the real tasks open."
+    )
+
+
+class CrowdSpec(BaseModel):
+    """Crowd links: ``?campaign=NAME&PROLIFIC_PID=…`` (or ``&worker=…``) create a worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks_per_worker: Annotated[int, Field(ge=1)] | None = None
+
+
+class CampaignSpec(BaseModel):
+    """A whole study as a file defines it (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    description: str = ""
     guidelines: str = ""
-    task_kinds: list[str] = field(default_factory=list)
+    guidelines_file: str | None = None
+    overlap: Annotated[int, Field(ge=1)] = 3
+    assignment_policy: Literal["round-robin", "random", "least-done"] = "round-robin"
+    criteria: Annotated[list[CriterionSpec], Field(min_length=1)]
+    onboarding: OnboardingSpec | None = None
+    randomize_order: bool = True
+    seed: int = 0
+    min_seconds: Annotated[float, Field(ge=0)] | None = None
+    completion_code: str | None = None
+    completion_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    crowd: CrowdSpec | None = None
 
-    def __post_init__(self) -> None:
-        kinds = sorted({c["kind"] for c in self.criteria})
-        object.__setattr__(self, "task_kinds", kinds)
+    @model_validator(mode="after")
+    def _unique_names(self) -> CampaignSpec:
+        names = [c.name for c in self.criteria]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"criterion names must be unique; repeated: {', '.join(twice)}")
+        return self
 
+    @property
+    def task_kinds(self) -> list[str]:
+        return sorted({c.kind for c in self.criteria})
 
-_COMMON_GUIDELINES = """\
-You will read the start of a conversation between a **user** looking for a movie and a
-**recommender system**, and then the system's next response.
+    def stored_criteria(self) -> list[dict[str, Any]]:
+        return [c.stored() for c in self.criteria]
 
-- Judge the response as the next turn of *this* conversation: what the user asked for, what they
-  said they liked or disliked.
-- Judge each criterion on its own; a response can be fluent and still irrelevant.
-- Recommended items are listed under the response; a response that names films the user already
-  mentioned is not recommending anything new.
-- Some tasks are attention checks whose response tells you what to answer. Please follow them.
-- Take your time. You can go back and change an answer; the latest answer counts.
-"""
-
-PRESALES = CampaignTemplate(
-    name="presales",
-    description="Informativeness and relevance of each response, 1–5 (pre-sales paper, Table 4).",
-    criteria=[
-        rating(
-            "informativeness",
-            1,
-            5,
-            {
-                1: "No information about the items at all",
-                2: "A little information, mostly vague",
-                3: "Some useful information about the items",
-                4: "Clear, useful information about the items",
-                5: "Rich, specific information, as much as a good human seller gives",
+    def settings(self) -> dict[str, Any]:
+        """What ``Campaign.settings`` keeps: everything but the columns of its own."""
+        return self.model_dump(
+            mode="json",
+            include={
+                "onboarding",
+                "randomize_order",
+                "seed",
+                "min_seconds",
+                "completion_code",
+                "completion_url",
+                "crowd",
             },
-            "How much does the response tell the user about the recommended items (genre, plot, "
-            "people, why it fits), compared with what a good human recommender would say?",
-        ),
-        rating(
-            "relevance",
-            1,
-            5,
-            {
-                1: "Unrelated to the conversation",
-                2: "Barely related",
-                3: "Partly fits what the user asked for",
-                4: "Fits what the user asked for",
-                5: "Fits exactly, taking the whole conversation into account",
-            },
-            "How well does the response fit the user's request and the conversation so far?",
-        ),
-    ],
-    guidelines=_COMMON_GUIDELINES,
-)
-
-# The scale points follow LLM-REDIAL Appendix D.1 (0 poor, 1 normal, 2 good), in our own words.
-LLM_REDIAL = CampaignTemplate(
-    name="llm-redial",
-    description=(
-        "Fluency, informativeness, logic and coherence, 0–2, and an overall pairwise preference "
-        "(LLM-REDIAL §3.3, Appendix D.1; agreement reported as Kendall's W)."
-    ),
-    criteria=[
-        rating(
-            "fluency",
-            0,
-            2,
-            {
-                0: "Poor: grammar, spelling or wording problems make it hard to understand",
-                1: "Normal: some errors or awkward wording, but understandable",
-                2: "Good: fluent and clear, no noticeable errors",
-            },
-            "Is the response written in correct, natural English and easy to understand?",
-        ),
-        rating(
-            "informativeness",
-            0,
-            2,
-            {
-                0: "Poor: a generic 'safe' reply, or one that repeats itself",
-                1: "Normal: some information, but shallow; the user would need to ask more",
-                2: "Good: rich, detailed information that answers and adds relevant content",
-            },
-            "Does the response carry real information rather than a safe, generic answer?",
-        ),
-        rating(
-            "logic",
-            0,
-            2,
-            {
-                0: "Poor: unrelated to the request, or contradicts itself",
-                1: "Normal: somewhat related or reasonable, with some logical gaps",
-                2: "Good: reasonable and logically related to what the user asked",
-            },
-            "Is the response consistent, reasonable and in line with common sense?",
-        ),
-        rating(
-            "coherence",
-            0,
-            2,
-            {
-                0: "Poor: no clear connection to the conversation so far",
-                1: "Normal: mostly connected, with occasional breaks",
-                2: "Good: follows on smoothly from the conversation",
-            },
-            "Does the response follow on from the previous turns?",
-        ),
-        pairwise(
-            "overall",
-            "overall quality",
-            "Taking all four aspects together, which response is the better next turn?",
-        ),
-    ],
-    guidelines=_COMMON_GUIDELINES,
-)
-
-PECRS = CampaignTemplate(
-    name="pecrs",
-    description="Pairwise fluency and relevancy with a tie option (PECRS Table 4, three raters).",
-    criteria=[
-        pairwise(
-            "fluency",
-            "more fluent",
-            "Which response reads more naturally and correctly? Ignore which films it names.",
-        ),
-        pairwise(
-            "relevancy",
-            "more relevant",
-            "Which response fits the conversation and the user's wishes better, including the "
-            "films it recommends?",
-        ),
-    ],
-    guidelines=_COMMON_GUIDELINES,
-)
-
-ARENA = CampaignTemplate(
-    name="arena",
-    description="Arena rounds exported from the demo: which of two responses is better overall.",
-    criteria=[ARENA_CRITERION],
-    guidelines=_COMMON_GUIDELINES,
-)
-
-TEMPLATES: dict[str, CampaignTemplate] = {t.name: t for t in (PRESALES, LLM_REDIAL, PECRS, ARENA)}
+        )
 
 
-def template(name: str) -> CampaignTemplate:
-    """The template called ``name``; the error lists the others."""
+def parse_spec(data: Any, where: str = "campaign", base_dir: Path | None = None) -> CampaignSpec:
+    """A ``CampaignSpec`` from parsed YAML/JSON; errors name ``where`` and every bad field."""
+    if not isinstance(data, dict):
+        raise CampaignFileError(
+            f"{where}: expected a mapping with criteria, got {type(data).__name__}"
+        )
+    try:
+        spec = CampaignSpec.model_validate(data)
+    except ValidationError as err:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
+        ]
+        raise CampaignFileError(f"{where}: " + "; ".join(problems)) from None
+    if spec.guidelines_file:
+        path = (base_dir or Path.cwd()) / spec.guidelines_file
+        try:
+            spec.guidelines = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise CampaignFileError(
+                f"{where}: guidelines_file {spec.guidelines_file!r} cannot be read ({err.strerror})"
+            ) from None
+        spec.guidelines_file = None
+    return spec
+
+
+def load_spec(path: Path | str) -> CampaignSpec:
+    """Read a campaign file (.yaml, .yml or .json)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise CampaignFileError(f"{path}: a campaign file is .yaml, .yml or .json")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise CampaignFileError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise CampaignFileError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise CampaignFileError(f"{path}: not valid {path.suffix[1:].upper()} ({err})") from None
+    return parse_spec(data, str(path), path.parent)
+
+
+def _load_templates() -> dict[str, CampaignSpec]:
+    specs = [load_spec(path) for path in sorted(TEMPLATE_DIR.glob("*.yaml"))]
+    return {spec.name: spec for spec in specs if spec.name}
+
+
+TEMPLATES: dict[str, CampaignSpec] = _load_templates()
+
+
+def template(name: str) -> CampaignSpec:
+    """The built-in protocol called ``name``; the error lists the others."""
     if name not in TEMPLATES:
         raise KeyError(f"unknown campaign template {name!r}; choose one of {', '.join(TEMPLATES)}")
     return TEMPLATES[name]
@@ -224,45 +270,85 @@ def create_campaign(
     description: str | None = None,
     guidelines: str | None = None,
 ) -> Campaign:
-    """Create campaign ``name`` from a template, or return it if it exists with that template.
+    """Create campaign ``name`` from a built-in template, or return it if it has that template.
 
     ``overlap`` (annotators per task) defaults to the template's. An existing campaign of another
     template is an error rather than a silent mix of protocols.
     """
-    proto = template(template_name)
+    spec = template(template_name).model_copy()
     if assignment_policy not in POLICIES:
         raise ValueError(
             f"assignment policy {assignment_policy!r}; use one of {', '.join(POLICIES)}"
         )
     if overlap is not None and overlap < 1:
         raise ValueError(f"overlap is {overlap}; every task needs at least one annotator")
+    spec.overlap = overlap or spec.overlap
+    spec.assignment_policy = assignment_policy  # type: ignore[assignment]
+    spec.description = description if description is not None else spec.description
+    spec.guidelines = guidelines if guidelines is not None else spec.guidelines
     with session_scope(engine) as session:
-        campaign, created = get_or_create(
-            session,
-            Campaign,
-            defaults={
-                "template": proto.name,
-                "description": description if description is not None else proto.description,
-                "criteria": proto.criteria,
-                "task_kinds": proto.task_kinds,
-                "overlap": overlap or proto.overlap,
-                "assignment_policy": assignment_policy,
-                "guidelines": guidelines if guidelines is not None else proto.guidelines,
-            },
-            name=name,
+        return campaign_from_spec(session, spec, name, template_name)
+
+
+def create_campaign_from_file(
+    engine: Engine | None, path: Path | str, name: str | None = None
+) -> Campaign:
+    """Create the campaign a file defines (its ``name``, or ``name`` here); same file = no-op."""
+    spec = load_spec(path)
+    chosen = name or spec.name
+    if not chosen:
+        raise CampaignFileError(
+            f"{path}: give the campaign a name (name: … in the file, or --name)"
         )
-    if not created and campaign.template != proto.name:
+    with session_scope(engine) as session:
+        return campaign_from_spec(session, spec, chosen, "custom")
+
+
+def campaign_from_spec(
+    session: Session, spec: CampaignSpec, name: str, template_name: str
+) -> Campaign:
+    """Campaign ``name`` as ``spec`` defines it, inside a write session; created if missing.
+
+    An existing campaign is returned when its protocol (template and criteria) is the same, so
+    re-running a command is harmless; a different protocol under the same name is an error.
+    """
+    criteria = spec.stored_criteria()
+    campaign, created = get_or_create(
+        session,
+        Campaign,
+        defaults={
+            "template": template_name,
+            "description": spec.description,
+            "criteria": criteria,
+            "task_kinds": spec.task_kinds,
+            "overlap": spec.overlap,
+            "assignment_policy": spec.assignment_policy,
+            "guidelines": spec.guidelines,
+            "settings": spec.settings(),
+        },
+        name=name,
+    )
+    if not created and campaign.template != template_name:
         raise ValueError(
             f"campaign {name!r} already exists with template {campaign.template!r}; "
-            f"pick another name for a {proto.name!r} campaign"
+            f"pick another name for a {template_name!r} campaign"
+        )
+    if not created and template_name == "custom" and campaign.criteria != criteria:
+        raise ValueError(
+            f"campaign {name!r} already exists with other criteria; pick another name "
+            "(criteria cannot change once a study has started)"
         )
     return campaign
 
 
 def list_campaigns(engine: Engine | None) -> list[Campaign]:
-    """Every campaign, oldest first."""
+    """Every campaign, oldest first, except those an unfinished import is still creating."""
+    unfinished = select(TaskImport.campaign_id).where(
+        TaskImport.created_campaign.is_(True), TaskImport.status != "done"
+    )
     with session_scope(engine, write=False) as session:
-        return list(session.scalars(select(Campaign).order_by(Campaign.id)))
+        query = select(Campaign).where(Campaign.id.not_in(unfinished)).order_by(Campaign.id)
+        return list(session.scalars(query))
 
 
 def find_campaign(session: Session, ref: str | int) -> Campaign:
@@ -273,3 +359,8 @@ def find_campaign(session: Session, ref: str | int) -> Campaign:
 def criteria_for(campaign: Campaign, kind: str) -> list[dict[str, Any]]:
     """The criteria a task of ``kind`` ("rating" or "pairwise") is judged on, in campaign order."""
     return [c for c in campaign.criteria if c["kind"] == kind]
+
+
+def campaign_setting(campaign: Campaign, key: str, default: Any = None) -> Any:
+    """One of ``Campaign.settings`` (campaigns made before settings existed have none)."""
+    return (campaign.settings or {}).get(key, default)

@@ -16,6 +16,8 @@ names to alter SQLite tables in batch mode). The schema is created by the migrat
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -87,6 +89,22 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def content_hash(*parts: Any) -> str:
+    """sha256 of ``parts`` as canonical JSON (sorted keys, no whitespace, Unicode kept)."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _hash_of(*columns: str) -> Any:
+    """A column default: the content hash of the row's ``columns`` as inserted."""
+
+    def default(context: Any) -> str:
+        values = context.get_current_parameters()
+        return content_hash(*(values.get(c) for c in columns))
+
+    return default
+
+
 def _now_column() -> Mapped[datetime]:
     return mapped_column(UTCDateTime(), default=utcnow)
 
@@ -107,15 +125,24 @@ class System(Base):
 
 
 class Context(Base):
-    """A dialogue prefix shown to annotators, from a dataset split or an arena round."""
+    """A dialogue prefix shown to annotators, from a dataset split or an arena round.
+
+    A context is identified by its source, its id there *and* its content (``content_hash``, see
+    ``db.content``): two files that both call their first context "1" get two contexts, so a task
+    always shows the text that was imported for it.
+    """
 
     __tablename__ = "contexts"
-    __table_args__ = (UniqueConstraint("source", "external_id"),)
+    __table_args__ = (UniqueConstraint("source", "external_id", "content_hash"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # Dataset name ("redial", "inspired", ...) or "arena"; with external_id it names the context.
     source: Mapped[str] = mapped_column(String(100))
     external_id: Mapped[str] = mapped_column(String(200))
+    # sha256 of the dialogue and history as canonical JSON.
+    content_hash: Mapped[str] = mapped_column(
+        String(64), default=_hash_of("dialogue", "user_history")
+    )
     # backend.types.Dialogue.model_dump(mode="json")
     dialogue: Mapped[dict[str, Any]] = mapped_column(JSONValue)
     # backend.types.UserHistory.model_dump(mode="json"), when the system saw one.
@@ -126,12 +153,14 @@ class Response(Base):
     """What one system answered in one context (a stored ``backend.types.Reply``)."""
 
     __tablename__ = "responses"
-    __table_args__ = (UniqueConstraint("context_id", "system_id"),)
+    __table_args__ = (UniqueConstraint("context_id", "system_id", "content_hash"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     context_id: Mapped[int] = mapped_column(ForeignKey("contexts.id"))
     system_id: Mapped[int] = mapped_column(ForeignKey("systems.id"), index=True)
     text: Mapped[str] = mapped_column(Text)
+    # sha256 of text and items: corrected text for the same system is a new response.
+    content_hash: Mapped[str] = mapped_column(String(64), default=_hash_of("text", "items"))
     # Ranked backend.types.ScoredItem dumps, best first.
     items: Mapped[list[dict[str, Any]]] = mapped_column(JSONValue, default=list)
     # backend.types.TraceStep dumps.
@@ -149,7 +178,9 @@ class Campaign(Base):
     """A human-evaluation study: what is judged (criteria), by how many people, and how.
 
     ``criteria`` is a list of ``{"name", "kind": "rating"|"pairwise", "scale": [min, max] or
-    ["A", "B", "tie"], "labels": {value: label text}, "rubric": text}``.
+    ["A", "B", "tie"], "labels": {value: label text}, "question", "rubric", "required",
+    "allow_na"}`` and ``settings`` the rest of its ``db.campaigns.CampaignSpec`` (onboarding,
+    order, minimum time, crowdsourcing completion).
     """
 
     __tablename__ = "campaigns"
@@ -172,9 +203,29 @@ class Campaign(Base):
     overlap: Mapped[int] = mapped_column(Integer, default=1)
     assignment_policy: Mapped[str] = mapped_column(String(20), default="round-robin")
     guidelines: Mapped[str] = mapped_column(Text, default="")
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONValue, default=dict)
     created_at: Mapped[datetime] = _now_column()
 
     tasks: Mapped[list[Task]] = relationship(back_populates="campaign")
+
+
+class TaskImport(Base):
+    """One import of tasks into a campaign, written in short chunks.
+
+    Its tasks are assigned only once it is ``done``; a failed import deletes its tasks (and the
+    campaign when the import created it), so an import is all-or-nothing for annotators without
+    holding the database's write lock for its whole length.
+    """
+
+    __tablename__ = "task_imports"
+    __table_args__ = (CheckConstraint("status IN ('running', 'done', 'failed')", name="status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    created_campaign: Mapped[bool] = mapped_column(Boolean, default=False)
+    origin: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    started_at: Mapped[datetime] = _now_column()
 
 
 class Annotator(Base):
@@ -187,6 +238,8 @@ class Annotator(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(20), default="annotator")
+    # A crowd worker's id on their platform, e.g. "prolific:5f1c..."; None for invited people.
+    external_id: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
     created_at: Mapped[datetime] = _now_column()
     # Set when an annotator fails attention checks; their judgments stay but analyses drop them.
     excluded: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -212,6 +265,7 @@ class Task(Base):
             name="uq_tasks_content",
         ),
         CheckConstraint("kind IN ('rating', 'pairwise')", name="kind"),
+        CheckConstraint("stage IN ('main', 'onboarding')", name="stage"),
         CheckConstraint(
             "(kind = 'rating' AND response_b_id IS NULL)"
             " OR (kind = 'pairwise' AND response_b_id IS NOT NULL)",
@@ -227,8 +281,14 @@ class Task(Base):
     response_b_id: Mapped[int | None] = mapped_column(ForeignKey("responses.id"), nullable=True)
     # Attention check: the expected answer per criterion, e.g. {"overall": "A"}.
     gold: Mapped[dict[str, Any] | None] = mapped_column(JSONValue, nullable=True)
+    # "onboarding": a gold task answered before the real ones, with ``feedback`` shown after it.
+    stage: Mapped[str] = mapped_column(String(20), default="main")
+    feedback: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Order within the campaign.
     position: Mapped[int] = mapped_column(Integer, default=0)
+    import_id: Mapped[int | None] = mapped_column(
+        ForeignKey("task_imports.id", ondelete="SET NULL"), nullable=True, index=True
+    )
 
     campaign: Mapped[Campaign] = relationship(back_populates="tasks")
     context: Mapped[Context] = relationship()
@@ -251,6 +311,8 @@ class Assignment(Base):
     annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
     # Randomised per annotator and task so that position bias averages out.
     left_is_a: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Place in this annotator's queue (seeded shuffle per annotator; onboarding tasks come first).
+    queue_order: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(20), default="pending")
     assigned_at: Mapped[datetime] = _now_column()
 
@@ -263,14 +325,15 @@ class Judgment(Base):
     """One answer to one criterion of an assignment.
 
     ``choice`` names the task's response ("A" = ``response_a``), not the screen side; the UI maps
-    sides through ``Assignment.left_is_a``. An edit adds a row with ``revision + 1`` and the highest
+    sides through ``Assignment.left_is_a``. ``choice = "n/a"`` is a "can't judge" answer to a
+    criterion that allows it (rating and choice both say nothing then). An edit adds a row with ``revision + 1`` and the highest
     revision counts; submitting the identical answer again must return the existing row.
     """
 
     __tablename__ = "judgments"
     __table_args__ = (
         UniqueConstraint("assignment_id", "criterion", "revision"),
-        CheckConstraint("choice IN ('A', 'B', 'tie')", name="choice"),
+        CheckConstraint("choice IN ('A', 'B', 'tie', 'n/a')", name="choice"),
         CheckConstraint("rating IS NOT NULL OR choice IS NOT NULL", name="has_answer"),
         CheckConstraint("revision >= 0", name="revision"),
     )

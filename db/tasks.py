@@ -1,14 +1,16 @@
 """Annotation tasks: from model outputs on dataset contexts, or imported from CSV / JSONL files.
 
 Both paths build `TaskRecord`s (a context, one response to rate or two to compare, an optional
-attention-check answer) and store them with `add_tasks` in one transaction, so a bad file or a
-crashed run stores nothing. Storing the same record twice is a no-op.
+gold answer) and store them with `add_tasks`. Every record is checked first and every problem is
+listed; then the tasks are written in short chunks (so annotators' submits never wait seconds for
+the write lock) as one `TaskImport`, which is assigned only once complete and undone, campaign
+included, if anything fails. Storing the same record twice is a no-op.
 
 Import file schema (JSONL: one object per line; CSV: one row per task, a header row first):
 
 | field | required | meaning |
 |---|---|---|
-| `context_id` | yes | the context's id in its source, e.g. `redial-20001:4` |
+| `context_id` | yes | the context's id in its source, e.g. `redial-20001:4` (text or a whole number); the same id with different text is a different context |
 | `source` | no (default `import`) | where the context comes from (dataset name) |
 | `context` | yes | the dialogue so far: a list of `{"role": "user"/"system", "text": …}` (a JSON string in CSV), or plain text with one `User: …` / `System: …` line per turn |
 | `system_a`, `response_a` | yes | the (first) system's name and response text |
@@ -16,11 +18,19 @@ Import file schema (JSONL: one object per line; CSV: one row per task, a header 
 | `items_a` | no | recommended items: a list of titles or `{"item_id", "title"}` objects (JSON in CSV) |
 | `system_b`, `response_b`, `version_b`, `items_b` | for pairwise | the second response; a row with `response_b` is a pairwise task |
 | `gold` | no | attention check: `{"criterion": expected answer}` (JSON in CSV) |
+| `stage` | no (default `main`) | `onboarding`: a gold task answered before the real ones, as qualification |
+| `feedback` | no | onboarding: the explanation shown after the annotator answers |
+
+Text fields must hold text: a list, object or number where text belongs is an error, not
+silently turned into a string (`context_id` and `version_*` also take whole numbers). Files are
+UTF-8, with or without a byte-order mark (as Excel saves "CSV UTF-8").
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import itertools
 import json
 import logging
@@ -31,13 +41,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
 from backend.types import Dialogue, Reply, ScoredItem, Turn
-from db.campaigns import create_campaign, criteria_for
-from db.schema import Campaign, Context, Response, System, Task
-from db.session import get_or_create, session_scope
+from db.campaigns import CampaignSpec, campaign_from_spec, criteria_for
+from db.campaigns import template as builtin_template
+from db.content import store_context, store_response
+from db.schema import Campaign, Task, TaskImport
+from db.session import get_engine, get_or_create, session_scope
 
 if TYPE_CHECKING:
     from backend.registry import CRSModel
@@ -49,10 +62,15 @@ ATTENTION_RATING = "ATTENTION CHECK: please give this response the lowest score 
 ATTENTION_PAIRWISE = "ATTENTION CHECK: please choose this response on every question."
 
 
-class TaskFileError(ValueError):
-    """An import file has bad rows; ``problems`` holds one ``file:line: problem`` per row."""
+# Tasks written per transaction: a chunk holds SQLite's write lock for well under a second.
+IMPORT_CHUNK = 50
+STAGES = ("main", "onboarding")
 
-    def __init__(self, path: Path, problems: list[str]) -> None:
+
+class TaskFileError(ValueError):
+    """Tasks that cannot be imported; ``problems`` holds one ``file:line: problem`` per bad row."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
         shown = problems[:20]
         more = f"\n… and {len(problems) - 20} more" if len(problems) > 20 else ""
         super().__init__(
@@ -83,6 +101,8 @@ class TaskRecord:
     response_b: SystemResponse | None = None
     gold: dict[str, Any] | None = None
     origin: str = ""  # "file:line" for imported rows, so errors point at the row
+    stage: str = "main"  # "onboarding": qualification before the real tasks
+    feedback: str | None = None  # shown after an onboarding task is answered
 
     @property
     def kind(self) -> str:
@@ -92,13 +112,13 @@ class TaskRecord:
 # ----------------------------------------------------------------------------- storing
 
 
-def check_record(record: TaskRecord, campaign: Campaign) -> None:
-    """Raise ValueError if the campaign has no criteria for the record's kind or its gold is off."""
-    criteria = {c["name"]: c for c in criteria_for(campaign, record.kind)}
-    if not criteria:
+def check_record(record: TaskRecord, criteria: Sequence[dict[str, Any]], campaign: str) -> None:
+    """Raise ValueError if ``criteria`` (a campaign's) cannot judge the record or its gold is off."""
+    by_name = {c["name"]: c for c in criteria if c["kind"] == record.kind}
+    if not by_name:
+        kinds = sorted({c["kind"] for c in criteria})
         raise ValueError(
-            f"campaign {campaign.name!r} has no {record.kind} criteria "
-            f"(its task kinds: {', '.join(campaign.task_kinds)})"
+            f"campaign {campaign!r} has no {record.kind} criteria (its task kinds: {', '.join(kinds)})"
         )
     if record.response_b is not None and (
         (record.response_a.system, record.response_a.version)
@@ -107,78 +127,144 @@ def check_record(record: TaskRecord, campaign: Campaign) -> None:
         raise ValueError(
             f"both responses come from {record.response_a.system!r}; compare two systems"
         )
+    if record.stage not in STAGES:
+        raise ValueError(f"stage {record.stage!r}; use one of {', '.join(STAGES)}")
+    if record.stage == "onboarding" and not record.gold:
+        raise ValueError("an onboarding task needs a gold answer to give feedback on")
     for name, expected in (record.gold or {}).items():
-        if name not in criteria:
-            raise ValueError(f"gold names criterion {name!r}; this task has {', '.join(criteria)}")
-        scale = criteria[name]["scale"]
+        if name not in by_name:
+            raise ValueError(f"gold names criterion {name!r}; this task has {', '.join(by_name)}")
+        scale = by_name[name]["scale"]
         allowed = scale if record.kind == "pairwise" else list(range(scale[0], scale[1] + 1))
         if expected not in allowed:
             raise ValueError(f"gold {name}={expected!r} is not one of {allowed}")
 
 
-def add_tasks(engine: Engine | None, campaign_name: str, records: Sequence[TaskRecord]) -> int:
-    """Store ``records`` as tasks of ``campaign_name`` in one transaction; returns how many are new.
+def add_tasks(
+    engine: Engine | None,
+    campaign_name: str,
+    records: Sequence[TaskRecord],
+    *,
+    spec: CampaignSpec | None = None,
+    template_name: str = "custom",
+    origin: str = "",
+    chunk_size: int = IMPORT_CHUNK,
+) -> int:
+    """Store ``records`` as tasks of ``campaign_name``; returns how many are new.
 
-    Every record is checked before anything is written. Systems, contexts and responses are shared
-    between tasks (a context answered by three systems is stored once).
+    The campaign must exist unless ``spec`` is given, which creates it (as ``template_name``).
+    Every record is checked before anything is written and a ``TaskFileError`` lists every
+    problem. Then one ``TaskImport`` writes the tasks ``chunk_size`` at a time; its tasks are
+    assigned only once it is done, and if writing fails they are deleted again, with the campaign
+    when this import created it. Systems, contexts and responses are shared between tasks.
     """
-    created_tasks = 0
+    engine = engine or get_engine()
+    with session_scope(engine, write=False) as session:
+        existing = session.scalars(select(Campaign).where(Campaign.name == campaign_name)).first()
+        if existing is None and spec is None:
+            raise LookupError(f"no campaign {campaign_name!r}; create it first (crs tasks create)")
+        criteria = existing.criteria if existing is not None else spec.stored_criteria()  # type: ignore[union-attr]
+    problems = []
+    for record in records:
+        try:
+            check_record(record, criteria, campaign_name)
+        except ValueError as err:
+            problems.append(f"{record.origin}: {err}" if record.origin else str(err))
+    if problems:
+        raise TaskFileError(origin or campaign_name, problems)
+
     with session_scope(engine) as session:
         campaign = session.scalars(select(Campaign).where(Campaign.name == campaign_name)).first()
+        created_campaign = campaign is None
         if campaign is None:
-            raise LookupError(f"no campaign {campaign_name!r}; create it first (crs tasks create)")
-        for record in records:
-            try:
-                check_record(record, campaign)
-            except ValueError as err:
-                raise ValueError(f"{record.origin}: {err}" if record.origin else str(err)) from None
-        position = session.scalar(
-            select(func.max(Task.position)).where(Task.campaign_id == campaign.id)
+            campaign = campaign_from_spec(session, spec, campaign_name, template_name)  # type: ignore[arg-type]
+            session.flush()
+        batch = TaskImport(
+            campaign_id=campaign.id, created_campaign=created_campaign, origin=origin
         )
-        position = -1 if position is None else position
-        for record in records:
-            context, _ = get_or_create(
-                session,
-                Context,
-                defaults={"dialogue": record.context.model_dump(mode="json")},
-                source=record.source,
-                external_id=record.context_id,
-            )
-            responses = [
-                _response(session, context.id, r)
-                for r in (record.response_a, record.response_b)
-                if r is not None
-            ]
-            position += 1
-            _, created = get_or_create(
-                session,
-                Task,
-                defaults={"position": position, "gold": record.gold},
-                campaign_id=campaign.id,
-                kind=record.kind,
-                context_id=context.id,
-                response_a_id=responses[0].id,
-                response_b_id=responses[1].id if len(responses) > 1 else None,
-            )
-            created_tasks += created
+        session.add(batch)
+        session.flush()
+        import_id, campaign_id = batch.id, campaign.id
+        last = session.scalar(
+            select(func.max(Task.position)).where(Task.campaign_id == campaign_id)
+        )
+    position = -1 if last is None else last
+    created_tasks = 0
+    try:
+        for start in range(0, len(records), chunk_size):
+            with session_scope(engine) as session:
+                for record in records[start : start + chunk_size]:
+                    position += 1
+                    created_tasks += _store(session, campaign_id, import_id, position, record)
+        with session_scope(engine) as session:
+            session.get(TaskImport, import_id).status = "done"  # type: ignore[union-attr]
+    except BaseException:
+        _undo_import(engine, import_id, chunk_size)
+        raise
     log.info("campaign %s: %d new task(s) of %d", campaign_name, created_tasks, len(records))
     return created_tasks
 
 
-def _response(session, context_id: int, answer: SystemResponse) -> Response:
-    system, _ = get_or_create(session, System, name=answer.system, version=answer.version)
-    response, _ = get_or_create(
-        session,
-        Response,
-        defaults={
-            "text": answer.text,
-            "items": [i.model_dump(mode="json") for i in answer.items],
-            "trace": answer.trace or [],
-        },
-        context_id=context_id,
-        system_id=system.id,
+def _store(
+    session: Session, campaign_id: int, import_id: int, position: int, record: TaskRecord
+) -> bool:
+    """Store one record's context, responses and task; True when the task is new."""
+    context = store_context(
+        session, record.source, record.context_id, record.context.model_dump(mode="json")
     )
-    return response
+    responses = [
+        store_response(
+            session,
+            context.id,
+            answer.system,
+            answer.version,
+            answer.text,
+            [i.model_dump(mode="json") for i in answer.items],
+            answer.trace,
+        )
+        for answer in (record.response_a, record.response_b)
+        if answer is not None
+    ]
+    _, created = get_or_create(
+        session,
+        Task,
+        defaults={
+            "position": position,
+            "gold": record.gold,
+            "stage": record.stage,
+            "feedback": record.feedback,
+            "import_id": import_id,
+        },
+        campaign_id=campaign_id,
+        kind=record.kind,
+        context_id=context.id,
+        response_a_id=responses[0].id,
+        response_b_id=responses[1].id if len(responses) > 1 else None,
+    )
+    return created
+
+
+def _undo_import(engine: Engine, import_id: int, chunk_size: int) -> None:
+    """Delete what import ``import_id`` wrote, in chunks, and the campaign if it made it."""
+    log.warning("task import %d failed; removing its tasks", import_id)
+    while True:
+        with session_scope(engine) as session:
+            ids = session.scalars(
+                select(Task.id).where(Task.import_id == import_id).limit(chunk_size * 4)
+            ).all()
+            if not ids:
+                break
+            session.execute(delete(Task).where(Task.id.in_(ids)))
+    with session_scope(engine) as session:
+        batch = session.get(TaskImport, import_id)
+        if batch is None:
+            return
+        batch.status = "failed"
+        campaign_id = batch.campaign_id
+        has_tasks = session.scalar(select(func.count()).where(Task.campaign_id == campaign_id))
+        if batch.created_campaign and not has_tasks:
+            session.execute(delete(TaskImport).where(TaskImport.campaign_id == campaign_id))
+            session.execute(delete(Campaign).where(Campaign.id == campaign_id))
 
 
 # ----------------------------------------------------------------------------- from model outputs
@@ -336,41 +422,96 @@ def import_task_file(
     engine: Engine | None,
     path: Path | str,
     campaign: str,
-    template: str = "presales",
+    template: str | None = None,
     overlap: int | None = None,
+    spec: CampaignSpec | None = None,
 ) -> tuple[int, int]:
-    """Read ``path`` and store its tasks in ``campaign`` (created from ``template`` if new).
+    """Read ``path`` and store its tasks in ``campaign``; returns ``(rows read, new tasks)``.
 
-    Returns ``(rows read, new tasks)``. Any bad row or a row the campaign cannot judge raises
-    before anything is stored.
+    A new campaign is made from ``spec`` (a campaign file's), else from the built-in ``template``
+    (default "presales"), with ``overlap`` annotators per task if given. An existing campaign
+    keeps its protocol; naming another template for it is an error. Nothing is stored, the
+    campaign included, unless every row can be imported.
     """
     records = read_task_file(path)
-    create_campaign(engine, campaign, template, overlap=overlap)
-    return len(records), add_tasks(engine, campaign, records)
+    engine = engine or get_engine()
+    with session_scope(engine, write=False) as session:
+        existing = session.scalars(select(Campaign).where(Campaign.name == campaign)).first()
+    if existing is not None:
+        if template is not None and existing.template != template:
+            raise ValueError(
+                f"campaign {campaign!r} already exists with template {existing.template!r}; "
+                f"pick another name for a {template!r} campaign"
+            )
+        return len(records), add_tasks(engine, campaign, records, origin=str(path))
+    if spec is None:
+        spec = builtin_template(template or "presales").model_copy()
+        template_name = template or "presales"
+    else:
+        template_name = "custom"
+    if overlap is not None:
+        if overlap < 1:
+            raise ValueError(f"overlap is {overlap}; every task needs at least one annotator")
+        spec = spec.model_copy(update={"overlap": overlap})
+    created = add_tasks(
+        engine, campaign, records, spec=spec, template_name=template_name, origin=str(path)
+    )
+    return len(records), created
+
+
+def _decoded_lines(path: Path, problems: list[str]) -> list[str]:
+    """The file's lines as text; every line that is not UTF-8 is a problem with its number."""
+    lines = []
+    for number, raw in enumerate(path.read_bytes().splitlines(keepends=True), start=1):
+        if number == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)  # Excel's "CSV UTF-8" starts with a BOM
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            problems.append(
+                f"{path}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                f"{err.start + 1}); save the file as UTF-8 (Excel: 'CSV UTF-8')"
+            )
+            lines.append(raw.decode("utf-8", errors="replace"))
+    return lines
 
 
 def _rows(path: Path, suffix: str, problems: list[str]) -> Iterable[tuple[int, dict[str, Any]]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        if suffix == ".csv":
-            reader = csv.DictReader(f)
-            for row in reader:
-                if None in row:  # more cells than header names
-                    problems.append(f"{path}:{reader.line_num}: more cells than columns")
-                    continue
-                yield reader.line_num, row
-            return
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
+    bad_encoding = len(problems)
+    lines = _decoded_lines(path, problems)
+    if len(problems) > bad_encoding:
+        return  # the rest would only repeat the encoding problem in other words
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO("".join(lines), newline=""))
+        for row in reader:
+            if None in row:  # more cells than header names
+                problems.append(f"{path}:{reader.line_num}: more cells than columns")
                 continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as err:
-                problems.append(f"{path}:{line}: not JSON ({err.msg}); was the file cut short?")
-                continue
-            if not isinstance(row, dict):
-                problems.append(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
-                continue
-            yield line, row
+            yield reader.line_num, row
+        return
+    for line, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as err:
+            problems.append(f"{path}:{line}: not JSON ({err.msg}); was the file cut short?")
+            continue
+        if not isinstance(row, dict):
+            problems.append(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
+            continue
+        yield line, row
+
+
+def _text(row: dict[str, Any], name: str, default: str = "", ids: bool = False) -> str:
+    """Field ``name`` as text; a list, object or number is an error (a whole number for ids)."""
+    value = row.get(name, default)
+    if isinstance(value, str):
+        return value
+    if ids and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    kind = {list: "a list", dict: "an object", bool: "true/false"}.get(type(value), "a number")
+    raise ValueError(f"{name} must be text, not {kind} ({json.dumps(value)[:40]})")
 
 
 def _record(row: dict[str, Any], from_csv: bool, origin: str) -> TaskRecord:
@@ -391,20 +532,24 @@ def _record(row: dict[str, Any], from_csv: bool, origin: str) -> TaskRecord:
         if from_csv and isinstance(items, str):
             items = _json_cell(items, f"items_{side}")
         return SystemResponse(
-            system=str(row[f"system_{side}"]),
-            version=str(row.get(f"version_{side}", "")),
-            text=str(row[f"response_{side}"]),
+            system=_text(row, f"system_{side}"),
+            version=_text(row, f"version_{side}", ids=True),
+            text=_text(row, f"response_{side}"),
             items=_items(items, f"items_{side}"),
         )
 
+    context_id = _text(row, "context_id", ids=True)
+    feedback = _text(row, "feedback") or None
     return TaskRecord(
-        source=str(row.get("source", "import")),
-        context_id=str(row["context_id"]),
-        context=_context(row["context"], str(row["context_id"])),
+        source=_text(row, "source", "import"),
+        context_id=context_id,
+        context=_context(row["context"], context_id),
         response_a=answer("a"),  # type: ignore[arg-type]  # required field, checked above
         response_b=answer("b"),
         gold=gold,
         origin=origin,
+        stage=_text(row, "stage", "main"),
+        feedback=feedback,
     )
 
 

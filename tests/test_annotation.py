@@ -76,9 +76,11 @@ def build_campaign(
     gold: int = 0,
     overlap: int = 1,
     policy: str = "round-robin",
+    settings: dict | None = None,
 ) -> int:
     """A campaign with ``ratings`` rating tasks, then ``pairs`` pairwise ones, then ``gold``
-    pairwise attention checks whose answer is A; returns its id. Texts are unique per task:
+    pairwise attention checks whose answer is A; returns its id. Queues keep the task order
+    unless ``settings`` asks for ``randomize_order``. Texts are unique per task:
     "context {i}" and "reply {i}A" / "reply {i}B", so a test can look for them on screen.
     """
     with session_scope(engine) as session:
@@ -89,6 +91,7 @@ def build_campaign(
             overlap=overlap,
             assignment_policy=policy,
             guidelines="# How to judge\nRead the whole dialogue first.",
+            settings={"randomize_order": False, **(settings or {})},
         )
         session.add(campaign)
         systems = [get_or_create(session, System, name=n, version="1")[0] for n in ("good", "bad")]
@@ -146,7 +149,9 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
 
 def _assignments(engine: Engine) -> list[Assignment]:
     with session_scope(engine, write=False) as session:
-        return list(session.scalars(select(Assignment).order_by(Assignment.id)))
+        # In task order: one run inserts a whole annotator's batch at a time.
+        query = select(Assignment).order_by(Assignment.task_id, Assignment.id)
+        return list(session.scalars(query))
 
 
 def _count(engine: Engine, model: type) -> int:

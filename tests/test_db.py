@@ -48,6 +48,7 @@ TABLES = {
     "responses",
     "campaigns",
     "annotators",
+    "task_imports",
     "tasks",
     "assignments",
     "judgments",

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from backend.cli import app
 from backend.types import Dialogue, ScoredItem, Turn
-from db.campaigns import TEMPLATES, create_campaign, criteria_for, find_campaign
+from db.campaigns import TEMPLATES, create_campaign, find_campaign
 from db.schema import Context, Response, System, Task
 from db.session import init_db, session_scope
 from db.tasks import (
@@ -46,6 +46,7 @@ GOOD_ROWS = [
         "context": CONTEXT,
         "system_a": "retrieval",
         "response_a": "Try The Usual Suspects.",
+        "items_a": ["The Usual Suspects (1995)"],
         "system_b": "popularity",
         "response_b": "Star Wars!",
         "items_b": [{"item_id": "50", "title": "Star Wars (1977)"}],
@@ -71,27 +72,34 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 def test_templates_follow_the_papers_protocols():
-    assert {"presales", "llm-redial", "pecrs", "arena"} <= set(TEMPLATES)
+    assert {"presales", "llm-redial", "pecrs", "arena", "crs-arena"} <= set(TEMPLATES)
     presales = TEMPLATES["presales"]
-    assert [(c["name"], c["scale"]) for c in presales.criteria] == [
+    assert [(c["name"], c["scale"]) for c in presales.stored_criteria()] == [
         ("informativeness", [1, 5]),
         ("relevance", [1, 5]),
     ]
     redial = TEMPLATES["llm-redial"]
-    assert [c["name"] for c in criteria_for(redial, "rating")] == [
+    rating = [c for c in redial.stored_criteria() if c["kind"] == "rating"]
+    assert [c["name"] for c in rating] == [
         "fluency",
         "informativeness",
         "logic",
         "coherence",
     ]
-    assert all(
-        c["scale"] == [0, 2] and len(c["labels"]) == 3 for c in criteria_for(redial, "rating")
-    )
+    assert all(c["scale"] == [0, 2] and len(c["labels"]) == 3 for c in rating)
     assert redial.task_kinds == ["pairwise", "rating"]
     pecrs = TEMPLATES["pecrs"]
     assert pecrs.task_kinds == ["pairwise"] and all(
-        c["scale"] == ["A", "B", "tie"] for c in pecrs.criteria
+        c["scale"] == ["A", "B", "tie"] for c in pecrs.stored_criteria()
     )
+    # The project's own protocol: fluency, informativeness, relevance 1-5, and a preference.
+    ours = TEMPLATES["crs-arena"].stored_criteria()
+    assert [(c["name"], c["kind"], c["scale"]) for c in ours] == [
+        ("fluency", "rating", [1, 5]),
+        ("informativeness", "rating", [1, 5]),
+        ("relevance", "rating", [1, 5]),
+        ("preference", "pairwise", ["A", "B", "tie"]),
+    ]
 
 
 def test_create_campaign_is_idempotent_and_refuses_a_protocol_mix(db_url):
