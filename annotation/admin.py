@@ -179,6 +179,18 @@ def _results(engine: Engine, campaign: str) -> None:
         if not table.empty:
             st.subheader(title)
             st.dataframe(table, hide_index=True)
+    per_annotator = analysis.annotator_agreement(frame)
+    if per_annotator["n_shared"].gt(0).any():
+        st.subheader("Agreement per annotator")
+        st.caption(
+            "Against the other annotators of the same tasks. alpha_delta is how much "
+            "Krippendorff's alpha rises without the annotator: the one who disagrees most is first."
+        )
+        # Across criteria too: the largest rise in alpha first, then the lowest agreement.
+        ranked = per_annotator.sort_values(
+            ["alpha_delta", "agreement_with_others"], ascending=[False, True], na_position="last"
+        )
+        st.dataframe(ranked, hide_index=True)
     for name, figure in analysis.figures(frame).items():
         st.plotly_chart(figure, key=f"figure-{name}")
     if frame["rating"].notna().any():

@@ -215,7 +215,7 @@ def run(judgments: int, n_boot: int, seed: int) -> dict[str, Any]:
         steps = {"judgments_frame": load_s}
         _, steps["rating_summary"] = _timed(lambda: rating_summary(frame, n_boot=n_boot, seed=seed))
         _, steps["pairwise_summary"] = _timed(lambda: pairwise_summary(frame))
-        _, steps["agreement"] = _timed(lambda: agreement(frame))
+        _, steps["agreement"] = _timed(lambda: agreement(frame, n_boot=n_boot, seed=seed))
         _, steps["pairwise_ratings"] = _timed(
             lambda: pairwise_ratings(frame, n_boot=n_boot, seed=seed)
         )

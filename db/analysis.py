@@ -10,17 +10,22 @@ tasks unless asked. Everything else takes that frame:
   binomial (sign) test on the decided comparisons, Holm-adjusted within a criterion;
 * ``pairwise_ratings`` — Bradley–Terry ratings with bootstrap intervals (``db.ranking``), from the
   pairwise judgments, the arena votes, or both together;
-* ``agreement`` — Krippendorff's alpha, Fleiss' kappa and Kendall's W per criterion
+* ``agreement`` — Krippendorff's alpha (with a bootstrap interval), Fleiss' kappa and Kendall's W
+  per criterion, and ``annotator_agreement`` — each annotator against the others
   (``db.agreement``);
 * ``paper_table`` — mean scores, rows = systems and columns = criteria, in Markdown or LaTeX, shaped
   like Table 4 of the pre-sales LLM⇄CRS paper;
 * ``figures`` — plotly score distributions and pairwise win-rate heatmaps.
+
+Names that come from the database (systems, criteria, annotators) are HTML-escaped where a
+renderer would read markup: plotly labels and the Markdown paper table.
 
 ``db.export.export_campaign`` writes all of it to files.
 """
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -35,7 +40,7 @@ from sqlalchemy import Engine, Select, and_, func, select
 from sqlalchemy.orm import aliased
 from statsmodels.stats.multitest import multipletests
 
-from db.agreement import agreement
+from db.agreement import agreement, annotator_agreement
 from db.arena import ARENA_CRITERION, votes_to_battles
 from db.ranking import Battle, bootstrap_ratings, vote_counts, win_rate_matrix
 from db.schema import (
@@ -54,6 +59,7 @@ from db.session import session_scope
 __all__ = [
     "FRAME_COLUMNS",
     "agreement",
+    "annotator_agreement",
     "figures",
     "judgments_frame",
     "pairwise_ratings",
@@ -447,6 +453,15 @@ def _latex_escape(text: str) -> str:
     return _LATEX_SPECIAL.sub(lambda m: replacements.get(m[1], "\\" + m[1]), text)
 
 
+def _html_text(text: str) -> str:
+    """``text`` with ``&``, ``<`` and ``>`` escaped, for renderers that read HTML in labels.
+
+    Plotly draws a subset of HTML tags in titles, ticks, legends and hovers, and Markdown viewers
+    pass HTML through; plotly turns the entities back into the characters, as text.
+    """
+    return html.escape(text, quote=False)  # quotes cannot open a tag; left as they are
+
+
 def paper_table(
     df: pd.DataFrame,
     fmt: Literal["markdown", "latex"] = "markdown",
@@ -488,7 +503,7 @@ def paper_table(
     )
 
     bold = (lambda s: f"**{s}**") if fmt == "markdown" else (lambda s: rf"\textbf{{{s}}}")
-    escape = (lambda s: s.replace("|", r"\|")) if fmt == "markdown" else _latex_escape
+    escape = (lambda s: _html_text(s).replace("|", r"\|")) if fmt == "markdown" else _latex_escape
     best = means.max().to_numpy()  # per column, NaN-skipping; ties are all bold
     body = []
     for system, row in zip(systems, means.to_numpy(), strict=True):
@@ -542,7 +557,7 @@ def figures(df: pd.DataFrame) -> dict[str, go.Figure]:
     ``"scores"``: per rating criterion, the share of each score per system (grouped bars, one
     panel per criterion). ``"win_rate_<criterion>"``: per pairwise criterion, a heatmap of the
     share of points the row system took from the column system (``db.ranking.win_rate_matrix``,
-    a tie = half a point each).
+    a tie = half a point each). Names are HTML-escaped in every label (``_html_text``).
     """
     result: dict[str, go.Figure] = {}
     ratings = df[df["rating"].notna() & df["system"].notna()]
@@ -551,7 +566,10 @@ def figures(df: pd.DataFrame) -> dict[str, go.Figure]:
         systems = sorted(ratings["system"].unique())
         colours = dict(zip(systems, qualitative.Plotly * (len(systems) // 10 + 1), strict=False))
         figure = make_subplots(
-            rows=1, cols=len(criteria), subplot_titles=criteria, shared_yaxes=True
+            rows=1,
+            cols=len(criteria),
+            subplot_titles=[_html_text(c) for c in criteria],
+            shared_yaxes=True,
         )
         for column, criterion in enumerate(criteria, start=1):
             subset = ratings[ratings["criterion"] == criterion]
@@ -561,8 +579,8 @@ def figures(df: pd.DataFrame) -> dict[str, go.Figure]:
                     go.Bar(
                         x=shares.columns.astype(str),
                         y=shares.loc[system],
-                        name=system,
-                        legendgroup=system,
+                        name=_html_text(system),
+                        legendgroup=_html_text(system),
                         showlegend=column == 1,
                         marker_color=colours[system],
                     ),
@@ -577,8 +595,8 @@ def figures(df: pd.DataFrame) -> dict[str, go.Figure]:
         rates = win_rate_matrix(_battles(df, criterion))
         heatmap = go.Heatmap(
             z=rates.to_numpy(),
-            x=list(rates.columns),
-            y=list(rates.index),
+            x=[_html_text(system) for system in rates.columns],
+            y=[_html_text(system) for system in rates.index],
             zmin=0.0,
             zmax=1.0,
             colorscale="RdBu",
@@ -587,7 +605,10 @@ def figures(df: pd.DataFrame) -> dict[str, go.Figure]:
         )
         figure = go.Figure(heatmap)
         figure.update_layout(
-            title=f"{criterion}: share of points of the row system against the column system",
+            title=(
+                f"{_html_text(criterion)}: share of points of the row system against the column "
+                "system"
+            ),
             xaxis_title="opponent",
             yaxis_title="system",
             yaxis_autorange="reversed",

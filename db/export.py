@@ -5,11 +5,16 @@
 * ``judgments.<fmt>`` — long format, one row per latest judgment (``db.analysis.judgments_frame``);
 * ``judgments_wide_rating.<fmt>`` / ``judgments_wide_pairwise.<fmt>`` — one row per task ×
   criterion, one column per annotator (for the task kinds the campaign has);
-* ``rating_summary``, ``pairwise_summary``, ``pairwise_ratings`` (Bradley–Terry) and
-  ``agreement`` tables in the same formats;
+* ``rating_summary``, ``pairwise_summary``, ``pairwise_ratings`` (Bradley–Terry), ``agreement``
+  and ``annotator_agreement`` tables in the same formats;
 * ``paper_table.md`` and ``paper_table.tex`` (when there are ratings);
 * ``figure_<name>.html`` — standalone plotly pages with plotly.js inlined (no CDN);
 * ``metrics.json`` — counts, what was dropped, and every summary, in one JSON document.
+
+The CSV files are safe to open in a spreadsheet: a text cell (or header) that starts with ``=``,
+``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'`` so that it is not run as a
+formula (OWASP, "CSV Injection"). Numbers are left alone, negative ones included; the JSON and
+parquet files keep the exact text.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from sqlalchemy import Engine
 
 from db.analysis import (
     agreement,
+    annotator_agreement,
     figures,
     judgments_frame,
     pairwise_ratings,
@@ -39,10 +45,35 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("csv", "json", "parquet")
 
+# First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _defuse(value: Any) -> Any:
+    """A string that a spreadsheet would run as a formula, with a ``'`` in front; else as is."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` whose text cells and column names cannot start a spreadsheet formula.
+
+    Only ``str`` values change (see ``FORMULA_STARTS``); numbers, timestamps and missing values
+    keep their type, so ``-1`` stays a number.
+    """
+    safe = table.copy()
+    safe.columns = [_defuse(name) for name in table.columns]
+    for position in range(table.shape[1]):
+        column = table.iloc[:, position]
+        if pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column):
+            safe.isetitem(position, column.map(_defuse))
+    return safe
+
 
 def _write_table(table: pd.DataFrame, path: Path) -> Path:
     if path.suffix == ".csv":
-        table.to_csv(path, index=False)
+        csv_safe(table).to_csv(path, index=False)
     elif path.suffix == ".json":
         table.to_json(path, orient="records", date_format="iso", indent=1)
     else:
@@ -84,7 +115,8 @@ def export_campaign(
         "rating_summary": rating_summary(frame, n_boot=n_boot, seed=seed),
         "pairwise_summary": pairwise_summary(frame),
         "pairwise_ratings": pairwise_ratings(frame, n_boot=n_boot, seed=seed),
-        "agreement": agreement(frame),
+        "agreement": agreement(frame, n_boot=n_boot, seed=seed),
+        "annotator_agreement": annotator_agreement(frame),
     }
     tables = {"judgments": frame}
     for kind in sorted(frame["kind"].unique()):

@@ -17,7 +17,13 @@ import pandas as pd
 import pytest
 from scipy.stats import bootstrap
 
-from db.agreement import agreement, kendall_w
+from db.agreement import (
+    _alpha_from_coincidences,
+    _unit_coincidences,
+    agreement,
+    annotator_agreement,
+    kendall_w,
+)
 from db.analysis import (
     FRAME_COLUMNS,
     figures,
@@ -296,6 +302,132 @@ def test_krippendorff_alpha_matches_a_hand_worked_case_and_the_package() -> None
     assert result["n_items"] == int((np.isfinite(matrix).sum(axis=1) >= 2).sum())
 
 
+def test_interval_alpha_matches_the_package_and_is_nan_for_pairwise() -> None:
+    rng = np.random.default_rng(1)
+    matrix = rng.integers(1, 6, (40, 3)).astype(float)  # (tasks, raters)
+    matrix[:, 1] = np.clip(matrix[:, 0] + rng.integers(-1, 2, 40), 1, 5)  # some agreement
+    matrix[rng.random(matrix.shape) < 0.2] = np.nan
+    result = agreement(_ratings_frame(matrix), n_boot=0).iloc[0]
+    for column, level in [
+        ("krippendorff_alpha", "ordinal"),
+        ("krippendorff_alpha_interval", "interval"),
+    ]:
+        expected = krippendorff.alpha(reliability_data=matrix.T, level_of_measurement=level)
+        assert result[column] == pytest.approx(expected)
+    assert result["alpha_level"] == "ordinal"  # the headline alpha keeps its level
+    assert np.isnan(result["alpha_ci_low"]) and np.isnan(result["alpha_ci_high"])  # n_boot=0
+
+    choices = [
+        {"task_id": t, "annotator": rater, "criterion": "overall", "choice": choice}
+        for t, pair in enumerate([("A", "B"), ("A", "A"), ("tie", "B")])
+        for rater, choice in zip(["x", "y"], pair, strict=True)
+    ]
+    pairwise = agreement(_frame(choices)).iloc[0]
+    assert np.isnan(pairwise["krippendorff_alpha_interval"])
+    assert np.isnan(pairwise["kendall_w_uncorrected"]) and pairwise["kendall_complete_tasks"] == 0
+
+
+@pytest.mark.parametrize("level", ["nominal", "ordinal", "interval"])
+def test_vectorised_alpha_equals_the_package_on_bootstrap_resamples(level: str) -> None:
+    # The bootstrap recomputes alpha from weighted sums of per-task coincidence matrices; a
+    # resample with task weights w must give the package's alpha on the tasks repeated w times.
+    rng = np.random.default_rng(2)
+    values = np.array([1.0, 2.0, 4.0, 5.0])  # uneven gaps: interval distances need real values
+    counts = rng.integers(0, 3, (25, len(values)))
+    counts = counts[counts.sum(axis=1) >= 2]
+    units = _unit_coincidences(counts.astype(float))
+    for weights in [
+        np.ones(len(counts), dtype=int),
+        *rng.multinomial(len(counts), [1 / len(counts)] * len(counts), 3),
+    ]:
+        mine = _alpha_from_coincidences(np.tensordot(weights, units, axes=1), level, values)
+        expected = krippendorff.alpha(
+            value_counts=np.repeat(counts, weights, axis=0),
+            value_domain=values,
+            level_of_measurement=level,
+        )
+        assert float(mine) == pytest.approx(expected, abs=1e-12)
+
+
+def test_alpha_bootstrap_interval_matches_a_slow_reference_and_is_seeded() -> None:
+    rng = np.random.default_rng(3)
+    truth = rng.integers(1, 6, 60)
+    matrix = np.clip(truth[:, None] + rng.integers(-1, 2, (60, 3)), 1, 5).astype(float)
+    matrix[rng.random(matrix.shape) < 0.15] = np.nan
+    frame = _ratings_frame(matrix)
+    result = agreement(frame, n_boot=4000, seed=11).iloc[0]
+    assert result["alpha_ci_low"] < result["krippendorff_alpha"] < result["alpha_ci_high"]
+
+    # Reference: resample tasks with replacement and call the package on each resample.
+    pairable = matrix[np.isfinite(matrix).sum(axis=1) >= 2]
+    draws = np.random.default_rng(12).integers(0, len(pairable), (1000, len(pairable)))
+    alphas = [
+        krippendorff.alpha(reliability_data=pairable[rows].T, level_of_measurement="ordinal")
+        for rows in draws
+    ]
+    low, high = np.quantile(alphas, [0.025, 0.975])
+    # Two Monte Carlo estimates of the same quantiles: equal up to resampling noise.
+    assert result["alpha_ci_low"] == pytest.approx(low, abs=0.03)
+    assert result["alpha_ci_high"] == pytest.approx(high, abs=0.03)
+
+    again = agreement(frame, n_boot=4000, seed=11).iloc[0]
+    assert (again["alpha_ci_low"], again["alpha_ci_high"]) == (
+        result["alpha_ci_low"],
+        result["alpha_ci_high"],
+    )
+    with pytest.raises(ValueError, match="n_boot"):
+        agreement(frame, n_boot=-1)
+
+
+def test_annotator_agreement_hand_worked_case() -> None:
+    # r2 disagrees: r0 and r1 rate tasks 0-2 alike, r2 differs on tasks 0 and 1; task 3 is r0's
+    # alone.
+    ratings = {
+        (0, "r0"): 1, (0, "r1"): 1, (0, "r2"): 5,
+        (1, "r0"): 2, (1, "r1"): 2, (1, "r2"): 4,
+        (2, "r0"): 3, (2, "r1"): 3, (2, "r2"): 3,
+        (3, "r0"): 4,
+    }  # fmt: skip
+    rows = [
+        {"task_id": t, "annotator": a, "criterion": "quality", "rating": r, "system": "s"}
+        for (t, a), r in ratings.items()
+    ]
+    rows += [
+        {"task_id": 10 + t, "annotator": a, "criterion": "overall", "choice": c}
+        for t, answers in enumerate([("A", "A", "B"), ("B", "B", "B")])
+        for a, c in zip(["r0", "r1", "r2"], answers, strict=True)
+    ]
+    table = annotator_agreement(_frame(rows))
+    quality = table[table["criterion"] == "quality"].set_index("annotator")
+    assert quality.index[0] == "r2"  # the one who disagrees most comes first
+    # r2 against the others: (1, 1) vs 5, (2, 2) vs 4, (3, 3) vs 3.
+    r2 = quality.loc["r2"]
+    assert (r2["n_judgments"], r2["n_shared"], r2["majority_tasks"]) == (3, 3, 3)
+    assert r2["agreement_with_others"] == pytest.approx(1 / 3)
+    assert r2["agreement_with_majority"] == pytest.approx(1 / 3)
+    assert r2["mean_abs_diff"] == pytest.approx((4 + 2 + 0) / 3)
+    # r0: the others are (1, 5), (2, 4) -- no majority -- and (3, 3); task 3 is not shared.
+    r0 = quality.loc["r0"]
+    assert (r0["n_judgments"], r0["n_shared"], r0["majority_tasks"]) == (4, 3, 1)
+    assert r0["agreement_with_others"] == pytest.approx((0.5 + 0.5 + 1) / 3)
+    assert r0["agreement_with_majority"] == pytest.approx(1.0)
+    assert r0["mean_abs_diff"] == pytest.approx((2 + 1 + 0) / 3)
+    # Leave-one-out alpha against the package: without r2, r0 and r1 agree perfectly.
+    everyone = np.array([[1, 2, 3, 4], [1, 2, 3, np.nan], [5, 4, 3, np.nan]])  # (raters, tasks)
+    alpha = krippendorff.alpha(reliability_data=everyone, level_of_measurement="ordinal")
+    assert r2["krippendorff_alpha"] == pytest.approx(alpha)
+    assert r2["alpha_without"] == pytest.approx(1.0)
+    assert r2["alpha_delta"] == pytest.approx(1.0 - alpha)
+    without_r0 = krippendorff.alpha(reliability_data=everyone[1:], level_of_measurement="ordinal")
+    assert r0["alpha_without"] == pytest.approx(without_r0)
+
+    overall = table[table["criterion"] == "overall"].set_index("annotator")
+    assert overall.index[0] == "r2" and overall["alpha_level"].eq("nominal").all()
+    assert overall["mean_abs_diff"].isna().all()
+    assert overall.loc["r2", "agreement_with_others"] == pytest.approx((0 + 1) / 2)
+    assert annotator_agreement(_frame(rows)[:0]).empty
+
+
 # Fleiss (1971) / Wikipedia "Fleiss' kappa" worked example: 10 subjects, 14 raters, 5 categories;
 # row i gives how many raters put subject i in each category. kappa = (0.378 - 0.213) / (1 - 0.213)
 # = 0.210.
@@ -347,6 +479,7 @@ def test_kendall_w_hand_worked_cases() -> None:
     # = 96 / (9 * 24) = 4/9.
     no_ties = np.array([[1, 1, 2], [2, 3, 1], [3, 2, 3]])
     assert kendall_w(no_ties).w == pytest.approx(4 / 9)
+    assert kendall_w(no_ties, tie_correction=False).w == pytest.approx(4 / 9)  # nothing to correct
     # Scores with a tie: rater 2 gives items 2 and 3 the same score -> ranks (1, 2.5, 2.5), one tie
     # group of t = 2, T = 2^3 - 2 = 6. R = (1+1+2, 2+2.5+1, 3+2.5+3) = (4, 5.5, 8.5), S = 4 + 0.25
     # + 6.25 = 10.5; W = 12 * 10.5 / (9 * 24 - 3 * 6) = 126 / 198 = 7/11.
@@ -355,11 +488,18 @@ def test_kendall_w_hand_worked_cases() -> None:
     assert result.w == pytest.approx(7 / 11)
     assert result.chi2 == pytest.approx(3 * 2 * 7 / 11) and result.df == 2  # m (n - 1) W
     assert np.isnan(kendall_w(np.ones((4, 3))).w)  # nothing ranked: undefined
+    # Without the tie correction, the textbook 12 S / (m^2 (n^3 - n)) = 126 / 216 = 7/12.
+    assert kendall_w(ties, tie_correction=False).w == pytest.approx(7 / 12)
 
-    # Through agreement(): a fully crossed design is one block, W as above.
+    # Through agreement(): a fully crossed design is one block, W as above, and every task is
+    # complete.
     crossed = agreement(_ratings_frame(ties.astype(float))).iloc[0]
     assert crossed["kendall_w"] == pytest.approx(7 / 11)
+    assert crossed["kendall_w_uncorrected"] == pytest.approx(7 / 12)
     assert (crossed["kendall_blocks"], crossed["kendall_tasks"]) == (1, 3)
+    assert crossed["kendall_w_complete"] == pytest.approx(7 / 11)
+    assert crossed["kendall_complete_tasks"] == 3
+    assert crossed["kendall_complete_p"] == pytest.approx(crossed["kendall_p"])
 
 
 def test_kendall_w_on_an_overlapping_design_weights_blocks_by_tasks() -> None:
@@ -370,7 +510,23 @@ def test_kendall_w_on_an_overlapping_design_weights_blocks_by_tasks() -> None:
     result = agreement(_ratings_frame(matrix)).iloc[0]
     assert result["kendall_blocks"] == 2 and result["kendall_tasks"] == 7
     assert result["kendall_w"] == pytest.approx((3 * 7 / 11 + 4 * 1.0) / 7)
+    assert result["kendall_w_uncorrected"] == pytest.approx((3 * 7 / 12 + 4 * 1.0) / 7)
     assert result["kendall_df"] == 2 + 3
+    # No task was rated by all six raters: nothing complete to compute W on.
+    assert result["kendall_complete_tasks"] == 0 and np.isnan(result["kendall_w_complete"])
+
+
+def test_kendall_w_complete_uses_the_tasks_every_rater_rated() -> None:
+    # Raters 0-3 all rate tasks 0-4; tasks 5-6 miss rater 3 (a second block of 2 tasks).
+    rng = np.random.default_rng(5)
+    matrix = rng.integers(1, 6, (7, 4)).astype(float)
+    matrix[5:, 3] = np.nan
+    result = agreement(_ratings_frame(matrix)).iloc[0]
+    expected = kendall_w(matrix[:5])
+    assert result["kendall_complete_tasks"] == 5
+    assert result["kendall_w_complete"] == pytest.approx(expected.w)
+    assert result["kendall_complete_p"] == pytest.approx(expected.p_value)
+    assert result["kendall_blocks"] == 2 and result["kendall_tasks"] == 7
 
 
 # --- presentation and export ----------------------------------------------------------------
@@ -413,6 +569,7 @@ def test_export_writes_every_file_and_parquet_round_trips(engine, tmp_path: Path
         "pairwise_summary",
         "pairwise_ratings",
         "agreement",
+        "annotator_agreement",
     ]
     expected = {f"{name}.{fmt}" for name in tables for fmt in ("csv", "json", "parquet")} | {
         "paper_table.md",
@@ -441,6 +598,8 @@ def test_export_writes_every_file_and_parquet_round_trips(engine, tmp_path: Path
     assert metrics["counts"] == {"judgments": 18, "tasks": 6, "annotators": 3, "systems": 2}
     assert metrics["dropped_judgments"] == {"excluded_annotators": 6, "gold_tasks": 1}
     assert [row["criterion"] for row in metrics["agreement"]] == ["relevance", "overall"]
+    assert {row["annotator"] for row in metrics["annotator_agreement"]} == {"ann1", "ann2", "ann3"}
+    assert pd.read_csv(out / "agreement.csv")["alpha_ci_low"].notna().all()  # n_boot reached it
     html = (out / "figure_scores.html").read_text()
     # The only script loaded is the local copy of plotly.js: the page works offline.
     assert re.findall(r'<script[^>]*\bsrc="([^"]+)"', html) == ["plotly.min.js"]
