@@ -37,11 +37,12 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 from scipy.stats import binomtest
 from sqlalchemy import Engine, Select, and_, func, select
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 from statsmodels.stats.multitest import multipletests
 
 from db.agreement import agreement, annotator_agreement
 from db.arena import ARENA_CRITERION, votes_to_battles
+from db.campaigns import NOT_APPLICABLE
 from db.ranking import Battle, bootstrap_ratings, vote_counts, win_rate_matrix
 from db.schema import (
     Annotator,
@@ -49,6 +50,7 @@ from db.schema import (
     Assignment,
     Campaign,
     Context,
+    Event,
     Judgment,
     Response,
     System,
@@ -66,6 +68,7 @@ __all__ = [
     "pairwise_summary",
     "paper_table",
     "rating_summary",
+    "time_summary",
     "wide_frame",
 ]
 
@@ -88,6 +91,8 @@ FRAME_COLUMNS = [
     "reason",
     "revision",
     "submitted_at",
+    "seconds",
+    "too_fast",
     "excluded",
     "is_gold",
 ]
@@ -157,6 +162,54 @@ def _latest_judgments(campaign_id: int) -> Select[Any]:
     )
 
 
+def _time_on_task(session: Session, campaign_id: int) -> dict[int, float]:
+    """Seconds per assignment from its events: the first submit minus the last open before it.
+
+    Edits are not counted: the first answer is the annotator's reading time.
+    """
+    events = session.execute(
+        select(Event.assignment_id, Event.kind, Event.at)
+        .join(Assignment, Assignment.id == Event.assignment_id)
+        .join(Task, Task.id == Assignment.task_id)
+        .where(Task.campaign_id == campaign_id, Event.kind.in_(("opened", "submitted")))
+        .order_by(Event.assignment_id, Event.at, Event.id)
+    ).all()
+    opened: dict[int, Any] = {}
+    seconds: dict[int, float] = {}
+    for assignment_id, kind, at in events:
+        if kind == "opened":
+            opened[assignment_id] = at
+        elif assignment_id not in seconds and assignment_id in opened:
+            seconds[assignment_id] = (at - opened[assignment_id]).total_seconds()
+    return seconds
+
+
+def time_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Median time on task per annotator and per system (one row each, ``by`` says which).
+
+    Counted once per assignment (a task's criteria share one time); ``too_fast`` counts the
+    judgments under the campaign's ``min_seconds``.
+    """
+    columns = ["by", "name", "assignments", "median_seconds", "too_fast"]
+    per_task = df.drop_duplicates("assignment_id")
+    if per_task.empty:
+        return pd.DataFrame(columns=columns)
+    systems = per_task["system"].fillna(per_task["system_a"] + " vs " + per_task["system_b"])
+    rows = []
+    for by, keys in (("annotator", per_task["annotator"]), ("system", systems)):
+        for name, group in per_task.groupby(keys, sort=True):
+            rows.append(
+                {
+                    "by": by,
+                    "name": name,
+                    "assignments": len(group),
+                    "median_seconds": group["seconds"].median(),
+                    "too_fast": int(group["too_fast"].sum()),
+                }
+            )
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _system_label(name: pd.Series, version: pd.Series) -> pd.Series:
     """``name@version``, or ``name`` when the version is empty (as ``votes_to_battles`` labels)."""
     return name.where(version.isna() | (version == ""), name + "@" + version)
@@ -176,7 +229,10 @@ def judgments_frame(
     ``criterion``, ``rating`` (nullable integer), ``choice`` ("A" / "B" / "tie", "A" being the
     task's ``response_a`` whatever side it was shown on), ``system`` (rating tasks), ``system_a`` /
     ``system_b`` (pairwise tasks), ``left_is_a``, ``reason``, ``revision``, ``submitted_at`` (UTC),
-    ``excluded`` (the annotator's flag) and ``is_gold`` (an attention-check task).
+    ``seconds`` (time on task: from the last "opened" event before the first submit of the
+    assignment to that submit; NaN without events), ``too_fast`` (under the campaign's
+    ``min_seconds``), ``excluded`` (the annotator's flag) and ``is_gold`` (an attention-check or
+    onboarding task). "Can't judge" (N/A) answers are left out and counted in ``dropped``.
 
     Systems are labelled ``name@version`` (``name`` when unversioned): the labels
     ``db.arena.votes_to_battles(votes, with_version=True)`` gives arena votes. Only the highest
@@ -186,7 +242,9 @@ def judgments_frame(
     """
     with session_scope(engine, write=False) as session:
         found = session.execute(
-            select(Campaign.id, Campaign.criteria).where(Campaign.name == campaign)
+            select(Campaign.id, Campaign.criteria, Campaign.settings).where(
+                Campaign.name == campaign
+            )
         ).one_or_none()
         if found is None:
             names = session.scalars(select(Campaign.name).order_by(Campaign.name)).all()
@@ -194,7 +252,7 @@ def judgments_frame(
                 f"no campaign named {campaign!r}; the campaigns in this database are "
                 f"{', '.join(map(repr, names)) if names else '(none)'}"
             )
-        campaign_id, criteria = found
+        campaign_id, criteria, settings = found
         # A JSON null and an empty dict both mean "no attention check".
         gold_tasks = [
             task_id
@@ -205,8 +263,12 @@ def judgments_frame(
             )
             if gold
         ]
+        gold_tasks += session.scalars(
+            select(Task.id).where(Task.campaign_id == campaign_id, Task.stage == "onboarding")
+        ).all()
         result = session.execute(_latest_judgments(campaign_id))
         frame = pd.DataFrame(result.all(), columns=list(result.keys()))
+        seconds = _time_on_task(session, campaign_id)
 
     label_a = _system_label(frame.pop("system_a_name"), frame.pop("system_a_version"))
     label_b = _system_label(frame.pop("system_b_name"), frame.pop("system_b_version"))
@@ -220,11 +282,20 @@ def judgments_frame(
     frame["excluded"] = frame["excluded"].astype(bool)
     frame["submitted_at"] = pd.to_datetime(frame["submitted_at"], utc=True)
     frame["is_gold"] = frame["task_id"].isin(gold_tasks)
+    frame["seconds"] = frame["assignment_id"].map(seconds).astype(float)
+    minimum = (settings or {}).get("min_seconds")
+    frame["too_fast"] = frame["seconds"] < minimum if minimum is not None else False
 
     drop_excluded = frame["excluded"] & (not include_excluded)
     drop_gold = frame["is_gold"] & ~drop_excluded & (not include_gold)
-    dropped = {"excluded_annotators": int(drop_excluded.sum()), "gold_tasks": int(drop_gold.sum())}
-    frame = frame.loc[~(drop_excluded | drop_gold), FRAME_COLUMNS].reset_index(drop=True)
+    drop_na = (frame["choice"] == NOT_APPLICABLE) & ~drop_excluded & ~drop_gold
+    dropped = {
+        "excluded_annotators": int(drop_excluded.sum()),
+        "gold_tasks": int(drop_gold.sum()),
+        "not_applicable": int(drop_na.sum()),
+    }
+    keep = ~(drop_excluded | drop_gold | drop_na)
+    frame = frame.loc[keep, FRAME_COLUMNS].reset_index(drop=True)
     frame.attrs = {"campaign": campaign, "criteria": criteria, "dropped": dropped}
     return frame
 

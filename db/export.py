@@ -5,8 +5,9 @@
 * ``judgments.<fmt>`` — long format, one row per latest judgment (``db.analysis.judgments_frame``);
 * ``judgments_wide_rating.<fmt>`` / ``judgments_wide_pairwise.<fmt>`` — one row per task ×
   criterion, one column per annotator (for the task kinds the campaign has);
-* ``rating_summary``, ``pairwise_summary``, ``pairwise_ratings`` (Bradley–Terry), ``agreement``
-  and ``annotator_agreement`` tables in the same formats;
+* ``rating_summary``, ``pairwise_summary``, ``pairwise_ratings`` (Bradley–Terry), ``agreement``,
+  ``annotator_agreement`` and ``time_on_task`` (median seconds per annotator and per system) tables
+  in the same formats; the long table has each judgment's ``seconds`` and ``too_fast`` flag;
 * ``paper_table.md`` and ``paper_table.tex`` (when there are ratings);
 * ``figure_<name>.html`` — standalone plotly pages with plotly.js inlined (no CDN);
 * ``metrics.json`` — counts, what was dropped, and every summary, in one JSON document.
@@ -38,6 +39,7 @@ from db.analysis import (
     pairwise_summary,
     paper_table,
     rating_summary,
+    time_summary,
     wide_frame,
 )
 
@@ -117,6 +119,7 @@ def export_campaign(
         "pairwise_ratings": pairwise_ratings(frame, n_boot=n_boot, seed=seed),
         "agreement": agreement(frame, n_boot=n_boot, seed=seed),
         "annotator_agreement": annotator_agreement(frame),
+        "time_on_task": time_summary(frame),
     }
     tables = {"judgments": frame}
     for kind in sorted(frame["kind"].unique()):
