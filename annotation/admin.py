@@ -16,18 +16,20 @@ from sqlalchemy import Engine
 
 from annotation import display
 from db import annotation as ann
-from db.campaigns import TEMPLATES, list_campaigns
+from db.campaigns import TEMPLATES, create_campaign_from_file, list_campaigns
 from db.tasks import import_task_file
 
 
 def page(engine: Engine) -> None:
     """All admin sections; the campaign sections work on the campaign picked at the top."""
     st.title("Annotation admin")
-    annotators, imports, progress, checks, results = st.tabs(
-        ["Annotators", "Import tasks", "Progress", "Attention checks", "Results"]
+    annotators, define, imports, progress, checks, results = st.tabs(
+        ["Annotators", "New campaign", "Import tasks", "Progress", "Attention checks", "Results"]
     )
     with annotators:
         _annotators(engine)
+    with define:
+        _define(engine)
     with imports:
         _import(engine)
     campaigns = [c.name for c in list_campaigns(engine)]
@@ -76,6 +78,33 @@ def _annotators(engine: Engine) -> None:
         _show_link(who, ann.reset_token(engine, who))
 
 
+def _define(engine: Engine) -> None:
+    """Create a campaign from a campaign file (criteria, onboarding, completion; see README)."""
+    with st.form("define_campaign", clear_on_submit=False):
+        upload = st.file_uploader("Campaign file (.yaml or .json)", type=["yaml", "yml", "json"])
+        name = st.text_input("Campaign name (empty: the file's name field)")
+        submitted = st.form_submit_button("Create campaign")
+    if not submitted:
+        return
+    if upload is None:
+        st.error("Choose a campaign file.")
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(upload.name).name
+        path.write_bytes(upload.getvalue())
+        try:
+            campaign = create_campaign_from_file(engine, path, name.strip() or None)
+        except ValueError as error:
+            st.error("No campaign was created.")
+            st.text(str(error).replace(folder + "/", ""))
+            return
+    criteria = ", ".join(c["name"] for c in campaign.criteria)
+    st.success(
+        f"Campaign {display.plain(campaign.name)} is ready ({display.plain(criteria)}); "
+        "import its tasks next."
+    )
+
+
 def _import(engine: Engine) -> None:
     """Upload a CSV / JSONL task file (schema in the README) into a new or existing campaign."""
     with st.form("import_tasks", clear_on_submit=False):
@@ -90,12 +119,14 @@ def _import(engine: Engine) -> None:
         st.error("Choose a file and name the campaign.")
         return
     name = campaign.strip()
+    # The protocol applies to a new campaign only; an existing one keeps its own.
+    chosen = None if name in {c.name for c in list_campaigns(engine)} else template
     with tempfile.TemporaryDirectory() as folder:
         # The reader reports problems as file:line, so the file keeps its uploaded name.
         path = Path(folder) / Path(upload.name).name
         path.write_bytes(upload.getvalue())
         try:
-            read, created = import_task_file(engine, path, name, template, int(overlap))
+            read, created = import_task_file(engine, path, name, chosen, int(overlap))
         except (KeyError, LookupError, ValueError) as error:
             st.error("Nothing was imported.")
             st.text(str(error.args[0]).replace(folder + "/", ""))

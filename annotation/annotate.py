@@ -8,6 +8,7 @@ logged (so a rerun caused by clicking a radio button does not log it twice).
 
 from __future__ import annotations
 
+from contextlib import suppress
 from functools import partial
 from typing import Any
 
@@ -16,6 +17,8 @@ from sqlalchemy import Engine
 
 from annotation import display
 from db import annotation as ann
+from db.campaigns import NA_LABEL, NOT_APPLICABLE
+from db.crowd import completion
 from db.schema import Annotator
 
 CURRENT = "current_assignment"  # assignment being viewed; None = the first pending one
@@ -61,14 +64,22 @@ def page(engine: Engine, annotator: Annotator) -> None:
     with st.expander("Guidelines and rating scales"):
         display.guidelines(campaign.guidelines, campaign.criteria)
 
+    status = ann.qualification(engine, annotator.id, campaign.id)
+    if status.state == "failed":
+        st.error(
+            f"Thank you for trying the practice tasks. You answered {status.correct} of "
+            f"{status.total} as expected and {status.required} were needed, so this study "
+            "cannot continue with you. Your practice answers are kept; nothing else is needed."
+        )
+        return
     current = st.session_state.get(CURRENT)
     if current not in {e.assignment_id for e in entries}:  # never viewed, or another campaign's
         pending = next((e for e in entries if e.status == "pending"), None)
         current = pending.assignment_id if pending else None
     if current is None:
-        _finished(entries)
+        _finished(engine, campaign.id, entries)
         return
-    _task(engine, annotator, entries, current)
+    _task(engine, annotator, entries, current, status)
 
 
 def _read_guidelines(campaign_id: int) -> None:
@@ -80,30 +91,56 @@ def _go(assignment_id: int | None) -> None:
     st.rerun()
 
 
-def _finished(entries: list[ann.QueueEntry]) -> None:
+def _finished(engine: Engine, campaign_id: int, entries: list[ann.QueueEntry]) -> None:
     skipped = ann.progress_of(entries).skipped
     st.success(
         "All tasks are done. Thank you! "
         + (f"{skipped} skipped tasks can still be answered: " if skipped else "")
         + "go Back to review or change an answer."
     )
+    done = completion(engine, campaign_id)
+    if done is not None and done.code:
+        st.markdown("Your completion code:")
+        st.code(done.code, language=None)
+    if done is not None and done.url:
+        st.link_button("Return to the study platform", done.url, type="primary")
+        if not skipped:
+            display.redirect(done.url, delay_s=5)
+            st.caption("You will be taken back to the study platform in a few seconds.")
     last = ann.previous_entry(entries, None)
     if last is not None and st.button("◀ Back", shortcut="Alt+B"):
         _go(last.assignment_id)
 
 
 def _task(
-    engine: Engine, annotator: Annotator, entries: list[ann.QueueEntry], assignment_id: int
+    engine: Engine,
+    annotator: Annotator,
+    entries: list[ann.QueueEntry],
+    assignment_id: int,
+    qualification: ann.Qualification,
 ) -> None:
     view = ann.load_task(engine, assignment_id, annotator.id)
     entry = next(e for e in entries if e.assignment_id == assignment_id)
     if st.session_state.get(OPENED) != assignment_id:
-        ann.log_open(engine, assignment_id, annotator.id)
+        with suppress(ann.DatabaseBusy):  # only time on task is lost; the annotator works on
+            ann.log_open(engine, assignment_id, annotator.id)
         st.session_state[OPENED] = assignment_id
+        display.scroll_to_top(assignment_id)  # a new task starts at its top, not mid-page
 
+    onboarding = view.stage == "onboarding"
     status = {"done": "answered — you can change your answer", "skipped": "skipped"}
+    if onboarding:
+        status["done"] = "answered"
     note = f" ({status[view.status]})" if view.status in status else ""
-    st.subheader(f"Task {entry.number} of {len(entries)}{note}")
+    if onboarding:
+        practice = [e for e in entries if e.stage == "onboarding"]
+        st.subheader(f"Practice task {practice.index(entry) + 1} of {len(practice)}{note}")
+        st.info(
+            f"Practice tasks come first: answer {qualification.required} of {qualification.total} "
+            "as expected to start the study. You will see the expected answer after each one."
+        )
+    else:
+        st.subheader(f"Task {entry.number} of {len(entries)}{note}")
     display.dialogue(view.turns)
     if view.kind == "pairwise":
         left, right = view.sides()
@@ -114,14 +151,60 @@ def _task(
     else:
         display.response(view.response_a, "Response")
 
+    if view.result is not None:
+        _feedback(view)
+        _onboarding_buttons(entries, view)
+        return
     answers = _controls(view)
     reason = None
     if view.kind == "pairwise":
         reason = st.text_area(
             "Why? (optional)", value=view.reason or "", key=f"reason-{assignment_id}"
         )
-    missing = [c["name"] for c in view.criteria if answers[c["name"]] is None]
+    missing = [
+        c["name"] for c in view.criteria if answers[c["name"]] is None and c.get("required", True)
+    ]
     _buttons(engine, annotator, entries, view, answers, reason, missing)
+
+
+def _feedback(view: ann.TaskView) -> None:
+    """An answered practice task: right or wrong, the expected answers and the explanation."""
+    result = view.result
+    assert result is not None
+    by_name = {c["name"]: c for c in view.criteria}
+    lines = []
+    for name, expected in result.expected.items():
+        criterion = by_name[name]
+        given = result.given.get(name)
+        mark = "✅" if given == expected else "❌"
+        lines.append(
+            f"- {mark} {display.criterion_title(criterion)}: expected "
+            f"**{_answer_text(criterion, expected, view.left_is_a)}**, you answered "
+            f"**{_answer_text(criterion, given, view.left_is_a)}**"
+        )
+    box = st.success if result.correct else st.warning
+    box(("Correct!" if result.correct else "Not quite.") + "\n\n" + "\n".join(lines))
+    if result.feedback:
+        st.markdown("**Why:** " + display.plain(result.feedback))
+
+
+def _answer_text(criterion: dict[str, Any], value: Any, left_is_a: bool) -> str:
+    if value is None:
+        return "nothing"
+    if value == NOT_APPLICABLE:
+        return display.plain(NA_LABEL)
+    if criterion["kind"] == "pairwise":
+        return SIDE_TEXT[ann.choice_to_screen(str(value), left_is_a)]
+    return display.scale_option(criterion, value)
+
+
+def _onboarding_buttons(entries: list[ann.QueueEntry], view: ann.TaskView) -> None:
+    back, forward = st.columns([1, 3])
+    previous = ann.previous_entry(entries, view.assignment_id)
+    if back.button("◀ Back", disabled=previous is None, shortcut="Alt+B") and previous:
+        _go(previous.assignment_id)
+    if forward.button("Continue ▶", type="primary", shortcut="Ctrl+Enter"):
+        _go(None)
 
 
 def _controls(view: ann.TaskView) -> dict[str, Any]:
@@ -137,13 +220,16 @@ def _controls(view: ann.TaskView) -> dict[str, Any]:
         if criterion["kind"] == "pairwise":
             options = list(SIDE_TEXT)
             label = partial(_side_text, criterion)
-            if previous is not None:
+            if previous not in (None, NOT_APPLICABLE):
                 previous = ann.choice_to_screen(str(previous), view.left_is_a)
         else:
             options = ann.scale_values(criterion)
             label = partial(display.scale_option, criterion)
+        if criterion.get("allow_na"):
+            options = [*options, NOT_APPLICABLE]
+            label = partial(_with_na, label)
         choice = st.radio(
-            display.criterion_title(criterion),
+            display.criterion_question(criterion),
             options,
             # index=None: no default, so nothing is recorded that the annotator did not click.
             index=options.index(previous) if previous in options else None,
@@ -152,10 +238,14 @@ def _controls(view: ann.TaskView) -> dict[str, Any]:
             horizontal=True,
             help=display.plain(str(criterion.get("rubric", ""))) or None,
         )
-        if criterion["kind"] == "pairwise" and choice is not None:
+        if criterion["kind"] == "pairwise" and choice not in (None, NOT_APPLICABLE):
             choice = ann.screen_to_choice(choice, view.left_is_a)
         answers[name] = choice
     return answers
+
+
+def _with_na(label: Any, value: Any) -> str:
+    return display.plain(NA_LABEL) if value == NOT_APPLICABLE else label(value)
 
 
 def _side_text(criterion: dict[str, Any], side: str) -> str:
@@ -179,7 +269,9 @@ def _buttons(
     previous = ann.previous_entry(entries, view.assignment_id)
     if back.button("◀ Back", disabled=previous is None, shortcut="Alt+B") and previous:
         _go(previous.assignment_id)
-    if view.status == "pending":
+    if view.status == "pending" and view.stage == "onboarding":
+        pass  # practice tasks qualify the annotator: no skipping
+    elif view.status == "pending":
         if forward.button("Skip", shortcut="Alt+S"):
             ann.skip(engine, view.assignment_id, annotator.id)
             _go(None)
@@ -190,8 +282,15 @@ def _buttons(
             _go(following[0] if following else None)
     label = "Save changes" if editing else "Submit"
     if save.button(label, type="primary", disabled=bool(missing), shortcut="Ctrl+Enter"):
-        outcome = ann.submit(engine, view.assignment_id, annotator.id, answers, reason)
+        try:
+            outcome = ann.submit(engine, view.assignment_id, annotator.id, answers, reason)
+        except ann.DatabaseBusy as busy:
+            st.error(str(busy))  # the answers stay selected above
+            return
         st.toast({"submitted": "Saved", "edited": "Changes saved"}.get(outcome, "No changes"))
-        _go(None)
+        # A practice task stays on screen to show its feedback.
+        _go(view.assignment_id if view.stage == "onboarding" else None)
     if missing:
-        st.caption("Answer every question to submit: " + ", ".join(map(display.plain, missing)))
+        st.caption(
+            "Answer every required question to submit: " + ", ".join(map(display.plain, missing))
+        )

@@ -1,13 +1,15 @@
 """How a task looks: the dialogue as chat bubbles, the responses, guidelines and rubric.
 
 Every text here comes from the database and is untrusted. Streamlit renders it as Markdown
-(never as HTML: ``unsafe_allow_html`` is never used), and ``plain`` escapes the Markdown too, so a
+(never as HTML: ``unsafe_allow_html`` is never used; the only scripts are this module's own,
+for scrolling and the completion redirect), and ``plain`` escapes the Markdown too, so a
 response containing ``![x](http://...)`` or ``:red[...]`` shows those characters instead of
 loading an image or colouring text.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -54,6 +56,44 @@ def scale_option(criterion: Mapping[str, Any], value: Any) -> str:
 
 def criterion_title(criterion: Mapping[str, Any]) -> str:
     return plain(str(criterion["name"]).replace("_", " ").capitalize())
+
+
+def criterion_question(criterion: Mapping[str, Any]) -> str:
+    """The control's label: "Fluency — How fluent is it?" (the name alone without a question);
+    optional criteria say so."""
+    title = criterion_title(criterion)
+    question = str(criterion.get("question") or "")
+    if question and criterion["kind"] == "rating":
+        title = f"{title} — {plain(question)}"
+    if not criterion.get("required", True):
+        title += " (optional)"
+    return title
+
+
+def scroll_to_top(key: Any) -> None:
+    """Scroll the page to its top once (``key`` makes each call a new element, so it runs).
+
+    Our own fixed script with a JSON-encoded key, never text from the database.
+    """
+    st.html(
+        "<script>/* task " + json.dumps(str(key)) + " */"
+        "const d = window.parent.document;"
+        "for (const el of [d.querySelector('[data-testid=\"stMain\"]'),"
+        " d.querySelector('[data-testid=\"stAppViewContainer\"]'), d.scrollingElement])"
+        " { if (el) el.scrollTo(0, 0); }</script>",
+        unsafe_allow_javascript=True,
+    )
+
+
+def redirect(url: str, delay_s: float) -> None:
+    """Send the browser to ``url`` (an http(s) address from the campaign) after ``delay_s``."""
+    if not url.startswith(("http://", "https://")):
+        return
+    st.html(
+        f"<script>setTimeout(() => {{ window.top.location.href = {json.dumps(url)}; }},"
+        f" {int(delay_s * 1000)});</script>",
+        unsafe_allow_javascript=True,
+    )
 
 
 def guidelines(text: str, criteria: Sequence[Mapping[str, Any]]) -> None:

@@ -47,6 +47,9 @@ def launch(db_url: str | None, port: int, host: str) -> None:
         # Annotators need no "Deploy" button or developer menu.
         "--client.toolbarMode",
         "viewer",
+        # Tracebacks go to the log, never to an annotator's page.
+        "--client.showErrorDetails",
+        "none",
     ]
     log.info("annotation app at http://%s:%d", host, port)
     try:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from backend.cli_annotation import annotate, annotators_app, export, tasks_app
+from backend.cli_annotation import annotate, annotators_app, campaigns_app, export, tasks_app
 from backend.cli_common import (
     DataDirOpt,
     DatasetArg,
@@ -451,6 +451,7 @@ def llm_serve(
 
 
 # Human evaluation (backend/cli_annotation.py), listed after the model commands.
+app.add_typer(campaigns_app, name="campaigns")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(annotators_app, name="annotators")
 app.command("annotate")(annotate)

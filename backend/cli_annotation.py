@@ -1,4 +1,5 @@
-"""`crs tasks …`, `crs annotators …`, `crs annotate` and `crs export`: human evaluation from the shell."""
+"""`crs campaigns …`, `crs tasks …`, `crs annotators …`, `crs annotate`, `crs export`: human
+evaluation from the shell."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import typer
 
 from backend.cli_common import DataDirOpt, DatasetArg, console, fail, load_or_fail, model_or_fail
 
+campaigns_app = typer.Typer(help="Annotation campaigns: define a study from a file, list them.")
 tasks_app = typer.Typer(help="Annotation tasks: create from models, import from files, assign.")
 annotators_app = typer.Typer(help="Annotators and their personal links.")
 
@@ -20,7 +22,9 @@ DbOpt = Annotated[
 CampaignOpt = Annotated[str, typer.Option("--campaign", "-c", help="Campaign name.")]
 TemplateOpt = Annotated[
     str,
-    typer.Option(help="Protocol for a new campaign: presales, llm-redial, pecrs or arena."),
+    typer.Option(
+        help="Built-in protocol for a new campaign: presales, llm-redial, pecrs, arena or crs-arena."
+    ),
 ]
 
 
@@ -167,17 +171,55 @@ def tasks_create(
     _assign_if_possible(engine, campaign)
 
 
+@campaigns_app.command("create")
+def campaigns_create(
+    file: Annotated[Path, typer.Argument(help="A campaign file, .yaml or .json (schema: docs).")],
+    name: Annotated[
+        str | None, typer.Option(help="Campaign name (default: the file's `name`).")
+    ] = None,
+    db_url: DbOpt = None,
+) -> None:
+    """Create a campaign from a file: criteria, onboarding, order, completion code, crowd links."""
+    from db.campaigns import create_campaign_from_file
+
+    engine = _engine(db_url)
+    try:
+        campaign = create_campaign_from_file(engine, file, name)
+    except ValueError as err:
+        fail(err)
+    criteria = ", ".join(f"{c['name']} ({c['kind']})" for c in campaign.criteria)
+    console.print(
+        f"campaign {campaign.name!r}: {criteria}; import its tasks with `crs tasks import`"
+    )
+
+
+@campaigns_app.command("list")
+def campaigns_list(db_url: DbOpt = None) -> None:
+    """Every campaign with its protocol and criteria."""
+    from db.campaigns import list_campaigns
+
+    for campaign in list_campaigns(_engine(db_url)):
+        criteria = ", ".join(c["name"] for c in campaign.criteria)
+        console.print(f"{campaign.name}  [{campaign.template}]  {criteria}", soft_wrap=True)
+
+
 @tasks_app.command("import")
 def tasks_import(
     file: Annotated[Path, typer.Argument(help="A .csv or .jsonl task file (schema: README).")],
     campaign: CampaignOpt,
-    template: TemplateOpt = "presales",
+    template: Annotated[
+        str | None,
+        typer.Option(
+            help="Built-in protocol if the campaign is new (default presales); "
+            "or define it first with `crs campaigns create FILE`."
+        ),
+    ] = None,
     overlap: Annotated[
         int | None, typer.Option(help="Annotators per task (new campaigns).")
     ] = None,
     db_url: DbOpt = None,
 ) -> None:
-    """Import tasks from a file; a bad row is reported with its line and nothing is imported."""
+    """Import tasks from a file; every bad row is listed with its line and nothing is imported."""
     from db.tasks import import_task_file
 
     engine = _engine(db_url)

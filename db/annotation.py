@@ -874,9 +874,15 @@ def skip(engine: Engine | None, assignment_id: int, annotator_id: int) -> None:
 
 def log_open(engine: Engine | None, assignment_id: int, annotator_id: int) -> None:
     """Log that ``annotator_id`` opened ``assignment_id`` (time on task = submit - open)."""
-    with session_scope(engine) as session:
-        _assignment(session, assignment_id, annotator_id)
-        session.add(Event(annotator_id=annotator_id, assignment_id=assignment_id, kind="opened"))
+
+    def write() -> None:
+        with session_scope(engine) as session:
+            _assignment(session, assignment_id, annotator_id)
+            session.add(
+                Event(annotator_id=annotator_id, assignment_id=assignment_id, kind="opened")
+            )
+
+    _retry_while_busy(write, patience_s=5.0)
 
 
 # --- quality and admin ------------------------------------------------------------------------
