@@ -194,7 +194,8 @@ def time_summary(df: pd.DataFrame) -> pd.DataFrame:
     per_task = df.drop_duplicates("assignment_id")
     if per_task.empty:
         return pd.DataFrame(columns=columns)
-    systems = per_task["system"].fillna(per_task["system_a"] + " vs " + per_task["system_b"])
+    pairs = per_task["system_a"].fillna("") + " vs " + per_task["system_b"].fillna("")
+    systems = per_task["system"].where(per_task["system"].notna(), pairs)
     rows = []
     for by, keys in (("annotator", per_task["annotator"]), ("system", systems)):
         for name, group in per_task.groupby(keys, sort=True):

@@ -199,7 +199,8 @@ def assign_tasks(
     Idempotent: a re-run adds only what is missing, so it tops up new tasks and new annotators.
     Assignments of excluded annotators do not count towards the overlap, so a re-run after
     ``set_excluded`` replaces their share. Gold tasks (attention checks and onboarding) go to
-    everyone; tasks of an import still running are left for a later run. ``limit`` caps the
+    everyone; tasks of an import still running are left for a later run, and annotators who
+    failed the campaign's onboarding get nothing more. ``limit`` caps the
     regular tasks each annotator gets in this run (a crowd worker's batch).
 
     Who gets a task follows ``Campaign.assignment_policy``:
@@ -220,7 +221,14 @@ def assign_tasks(
     with session_scope(engine, write=False) as session:
         target = find_campaign(session, campaign)
         seed = campaign_setting(target, "seed", 0) if seed is None else seed
-        pool = _pool(session, target, annotators)
+        disqualified = {
+            annotator_id
+            for annotator_id, payload in session.execute(
+                select(Event.annotator_id, Event.payload).where(Event.kind == "disqualified")
+            )
+            if payload.get("campaign_id") == target.id
+        }
+        pool = [a for a in _pool(session, target, annotators) if a.id not in disqualified]
         finished = select(TaskImport.id).where(TaskImport.status == "done")
         tasks = list(
             session.scalars(
