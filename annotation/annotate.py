@@ -176,11 +176,11 @@ def _feedback(view: ann.TaskView) -> None:
     for name, expected in result.expected.items():
         criterion = by_name[name]
         given = result.given.get(name)
-        mark = "✅" if given == expected else "❌"
+        verdict = "right" if given == expected else "not as expected"
         lines.append(
-            f"- {mark} {display.criterion_title(criterion)}: expected "
+            f"- {display.criterion_title(criterion)}: expected "
             f"**{_answer_text(criterion, expected, view.left_is_a)}**, you answered "
-            f"**{_answer_text(criterion, given, view.left_is_a)}**"
+            f"**{_answer_text(criterion, given, view.left_is_a)}** ({verdict})"
         )
     box = st.success if result.correct else st.warning
     box(("Correct!" if result.correct else "Not quite.") + "\n\n" + "\n".join(lines))

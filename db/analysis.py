@@ -572,7 +572,7 @@ def paper_table(
             for _, part in groups
         ],
         axis=1,
-    )
+    ).astype(float)  # an optional criterion leaves cells empty: NaN, not pandas' NA
 
     bold = (lambda s: f"**{s}**") if fmt == "markdown" else (lambda s: rf"\textbf{{{s}}}")
     escape = (lambda s: _html_text(s).replace("|", r"\|")) if fmt == "markdown" else _latex_escape

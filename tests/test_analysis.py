@@ -188,7 +188,11 @@ def test_judgments_frame_counts_latest_revision_and_drops_excluded_and_gold(engi
     ann2 = pairs[pairs["annotator"] == "ann2"].sort_values("context_external_id")
     assert ann2["choice"].tolist() == ["A", "B"] and not ann2["left_is_a"].any()
     assert frame["submitted_at"].dt.tz is not None
-    assert frame.attrs["dropped"] == {"excluded_annotators": 6, "gold_tasks": 1, "not_applicable": 0}
+    assert frame.attrs["dropped"] == {
+        "excluded_annotators": 6,
+        "gold_tasks": 1,
+        "not_applicable": 0,
+    }
 
     everyone = judgments_frame(engine, "study", include_excluded=True, include_gold=True)
     assert len(everyone) == 18 + 6 + 1
@@ -597,7 +601,11 @@ def test_export_writes_every_file_and_parquet_round_trips(engine, tmp_path: Path
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["counts"] == {"judgments": 18, "tasks": 6, "annotators": 3, "systems": 2}
-    assert metrics["dropped_judgments"] == {"excluded_annotators": 6, "gold_tasks": 1, "not_applicable": 0}
+    assert metrics["dropped_judgments"] == {
+        "excluded_annotators": 6,
+        "gold_tasks": 1,
+        "not_applicable": 0,
+    }
     assert [row["criterion"] for row in metrics["agreement"]] == ["relevance", "overall"]
     assert {row["annotator"] for row in metrics["annotator_agreement"]} == {"ann1", "ann2", "ann3"}
     assert pd.read_csv(out / "agreement.csv")["alpha_ci_low"].notna().all()  # n_boot reached it

@@ -169,3 +169,193 @@ def test_two_annotators_annotate_in_chromium_then_export(annotate_app):
     per_task = judgments.groupby(["annotator", "task_id"]).size()
     assert len(per_task) == 6 and set(per_task) <= {1, 4}
     assert (out / "paper_table.md").read_text().count("|") > 4
+
+
+# --- a study defined from a file, taken through a crowd link --------------------------------------
+
+STUDY_FILE = {
+    "name": "crowd-study",
+    "guidelines": "Read the whole dialogue, then answer each question.",
+    "overlap": 1,
+    "criteria": [
+        {
+            "name": "fluency",
+            "kind": "likert",
+            "question": "How fluent is it?",
+            "scale": 5,
+            "labels": ["Unreadable", "Awkward", "OK", "Fluent", "Perfect"],
+        },
+        {
+            "name": "relevance",
+            "kind": "likert",
+            "question": "Does it fit the request?",
+            "scale": 3,
+            "labels": ["Off topic", "Partly", "Fits"],
+        },
+        {
+            "name": "humour",
+            "kind": "likert",
+            "question": "Is it funny?",
+            "scale": 3,
+            "labels": ["Not at all", "A little", "Very"],
+            "required": False,
+            "allow_na": True,
+        },
+        {"name": "preference", "kind": "pairwise", "question": "better overall"},
+    ],
+    "onboarding": {"pass_required": 1},
+    "randomize_order": False,
+    "completion_code": "C0DE42",
+    "crowd": {"tasks_per_worker": 4},
+}
+LONG_CONTEXT = [
+    {"role": "user" if k % 2 == 0 else "system", "text": f"Turn {k}: " + "words " * 60}
+    for k in range(8)
+]
+
+
+def study_rows() -> list[dict]:
+    base = {"source": "crowd", "context": LONG_CONTEXT}
+    return [
+        {
+            **base,
+            "context_id": "practice",
+            "system_a": "practice",
+            "response_a": "PRACTICE: a flawless, fitting answer. Rate its fluency 5.",
+            "stage": "onboarding",
+            "gold": {"fluency": 5},
+            "feedback": "Flawless English is a 5 for fluency.",
+        },
+        {**base, "context_id": "c1", "system_a": "retrieval", "response_a": "Try Inside Man."},
+        {**base, "context_id": "c2", "system_a": "popularity", "response_a": "Watch Toy Story."},
+        {**base, "context_id": "c4", "system_a": "popularity", "response_a": "Try Heat (1995)."},
+        {
+            **base,
+            "context_id": "c3",
+            "system_a": "retrieval",
+            "response_a": "The Town (2010)!",
+            "system_b": "popularity",
+            "response_b": "Heat.",
+        },
+    ]
+
+
+def click_option(page, question: str, option: str) -> None:
+    """Click ``option`` of the radio group labelled ``question`` until it sticks."""
+    group = page.get_by_role("radiogroup", name=question, exact=True)
+    choice = group.locator('[data-testid="stRadioOption"]').filter(has_text=option).first
+    for _ in range(3):
+        choice.click()
+        page.wait_for_timeout(500)
+        if choice.locator("input:checked").count():
+            return
+    raise AssertionError(f"{question}: clicking {option!r} did not stick")
+
+
+def submit_when_ready(page) -> None:
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('button')].some("
+        "b => b.innerText.startsWith('Submit') && !b.disabled)"
+    )
+    page.get_by_role("button", name=re.compile("^Submit")).click()
+
+
+def test_a_crowd_worker_takes_a_study_defined_from_a_file(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    db_url = f"sqlite:///{tmp_path / 'crs.sqlite'}"
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    # Finishing sends the worker to the completion URL: here a page of the app's own server.
+    spec = {**STUDY_FILE, "completion_url": f"{base}/_stcore/health"}
+    (tmp_path / "study.json").write_text(json.dumps(spec))
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(r) + "\n" for r in study_rows()))
+    crs("campaigns", "create", str(tmp_path / "study.json"), "--db-url", db_url)
+    crs("tasks", "import", str(tasks), "--campaign", "crowd-study", "--db-url", db_url)
+    proc = subprocess.Popen(
+        [CRS, "annotate", "--port", str(port), "--db-url", db_url],
+        stdout=(tmp_path / "annotate.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/_stcore/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"crs annotate did not start:\n{(tmp_path / 'annotate.log').read_text()}"
+                )
+            time.sleep(0.5)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+            )
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page.set_default_timeout(60_000)
+            page.goto(
+                f"{base}/?campaign=crowd-study&PROLIFIC_PID=5f1c0ffee&STUDY_ID=s1&SESSION_ID=x"
+            )
+            page.get_by_role("button", name=re.compile("^Start")).click()
+
+            # Onboarding: a practice task, then the expected answer and why.
+            page.get_by_role("heading", name=re.compile("^Practice task 1 of 1")).wait_for()
+            page.wait_for_timeout(1500)
+            click_option(page, "Fluency — How fluent is it?", "Perfect")
+            click_option(page, "Relevance — Does it fit the request?", "Fits")
+            submit_when_ready(page)
+            page.get_by_text("Correct!").wait_for()
+            page.get_by_text("Flawless English is a 5 for fluency.").wait_for()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "annotate-onboarding.png"), full_page=True)
+            page.get_by_role("button", name=re.compile("^Continue")).click()
+
+            # Real tasks: the optional criterion once left out, once "can't judge".
+            for k, humour in enumerate(["A little", None, "Can't judge", "pairwise"]):
+                heading = page.get_by_role("heading", name=re.compile(rf"^Task {k + 2} of 5"))
+                heading.wait_for()
+                page.wait_for_timeout(1000)
+                # Each task starts at its top: the heading is on screen, not far above it.
+                box = heading.bounding_box()
+                assert box is not None and 0 <= box["y"] < 720, f"task {k + 2} opened at {box}"
+                page.wait_for_timeout(1500)
+                if humour != "pairwise":
+                    click_option(page, "Fluency — How fluent is it?", "Fluent")
+                    click_option(page, "Relevance — Does it fit the request?", "Partly")
+                    if humour:
+                        click_option(page, "Humour — Is it funny? (optional)", humour)
+                else:
+                    click_option(page, "Preference", "Left is better")
+                if k == 0:
+                    page.screenshot(path=str(ARTIFACTS / "annotate-study.png"), full_page=True)
+                submit_when_ready(page)
+
+            page.get_by_text("C0DE42").wait_for()
+            page.screenshot(path=str(ARTIFACTS / "annotate-complete.png"), full_page=True)
+            page.wait_for_url(f"{base}/_stcore/health", timeout=30_000)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+    out = tmp_path / "export"
+    crs("export", "--campaign", "crowd-study", "--out", str(out), "--db-url", db_url)
+    judgments = pd.read_parquet(out / "judgments.parquet")
+    assert set(judgments["annotator"]) == {"prolific:5f1c0ffee"}
+    assert sorted(judgments["criterion"].unique()) == [
+        "fluency",
+        "humour",
+        "preference",
+        "relevance",
+    ]
+    assert (judgments["criterion"] == "humour").sum() == 1  # left out once, N/A once
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dropped_judgments"]["not_applicable"] == 1
+    assert judgments["seconds"].notna().all() and (judgments["seconds"] > 0).all()
+    times = pd.read_csv(out / "time_on_task.csv")
+    assert "prolific:5f1c0ffee" in set(times["name"])
+    assert metrics["dropped_judgments"]["gold_tasks"] == 2
