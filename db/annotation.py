@@ -774,12 +774,13 @@ T = TypeVar("T")
 SUBMIT_PATIENCE_S = 30.0
 
 
-def _retry_while_busy(write: Callable[[], T], patience_s: float = SUBMIT_PATIENCE_S) -> T:
+def _retry_while_busy(write: Callable[[], T], patience_s: float | None = None) -> T:
     """Run ``write``; on "database is locked" (or a concurrent duplicate) wait and run it again.
 
     PostgreSQL only raises IntegrityError here when a concurrent submit of the same assignment
     inserted the same revision first; the retry then builds on the winner's rows.
     """
+    patience_s = SUBMIT_PATIENCE_S if patience_s is None else patience_s
     deadline = time.monotonic() + patience_s
     delay = 0.05
     while True:

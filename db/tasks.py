@@ -35,6 +35,7 @@ import itertools
 import json
 import logging
 import random
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,9 @@ ATTENTION_PAIRWISE = "ATTENTION CHECK: please choose this response on every ques
 
 # Tasks written per transaction: a chunk holds SQLite's write lock for well under a second.
 IMPORT_CHUNK = 50
+# Between chunks the importer steps aside, so that submits waiting for the lock get it first
+# (SQLite's busy wait polls; without a gap the importer takes the lock straight back).
+IMPORT_PAUSE_S = 0.05
 STAGES = ("main", "onboarding")
 
 
@@ -196,6 +200,7 @@ def add_tasks(
                 for record in records[start : start + chunk_size]:
                     position += 1
                     created_tasks += _store(session, campaign_id, import_id, position, record)
+            time.sleep(IMPORT_PAUSE_S)
         with session_scope(engine) as session:
             session.get(TaskImport, import_id).status = "done"  # type: ignore[union-attr]
     except BaseException:
