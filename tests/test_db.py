@@ -6,6 +6,7 @@ PostgreSQL tests are skipped when the server binaries or psycopg are missing.
 from __future__ import annotations
 
 import glob
+import json
 import multiprocessing
 import os
 import pwd
@@ -369,3 +370,36 @@ def test_concurrent_sqlite_writers_never_see_database_is_locked(sqlite_url: str)
     assert [p.exitcode for p in processes] == [0] * workers  # a "database is locked" exits 1
     with session_scope(get_engine(sqlite_url), write=False) as session:
         assert session.scalar(select(func.count()).select_from(ArenaVote)) == workers * per_worker
+
+
+def test_upgrading_a_0001_database_keys_existing_rows_by_their_content(sqlite_url: str) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    from db.schema import content_hash
+
+    engine = get_engine(sqlite_url)
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        dialogue = {"id": "1", "turns": [{"role": "user", "text": "Hi", "items": []}]}
+        connection.execute(
+            text("INSERT INTO contexts (source, external_id, dialogue) VALUES ('import', '1', :d)"),
+            {"d": json.dumps(dialogue)},
+        )
+        connection.execute(
+            text("INSERT INTO systems (name, version, description) VALUES ('s', '', '')")
+        )
+        connection.execute(
+            text(
+                "INSERT INTO responses (context_id, system_id, text, items, trace, created_at) "
+                "VALUES (1, 1, 'Try Heat.', '[]', '[]', '2026-11-01 00:00:00')"
+            )
+        )
+    init_db(sqlite_url)  # 0001 -> head with the rows in place
+    with engine.connect() as connection:
+        context_hash = connection.execute(text("SELECT content_hash FROM contexts")).scalar()
+        response_hash = connection.execute(text("SELECT content_hash FROM responses")).scalar()
+    assert context_hash == content_hash(dialogue, None)
+    assert response_hash == content_hash("Try Heat.", [])
