@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,12 +53,19 @@ def launch(db_url: str | None, port: int, host: str) -> None:
         "none",
     ]
     log.info("annotation app at http://%s:%d", host, port)
+    child = subprocess.Popen(command, env=env)
+    # Stopping `crs annotate` (SIGTERM from a test, a service manager) stops Streamlit too.
+    previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
     try:
-        returncode = subprocess.run(command, env=env).returncode
+        returncode = child.wait()
     except KeyboardInterrupt:
+        child.terminate()
+        child.wait(timeout=20)
         log.info("annotation app stopped")
         return
-    if returncode != 0:
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if returncode not in (0, -signal.SIGTERM):
         raise RuntimeError(
             f"streamlit exited with status {returncode}; its output above says why "
             f"(is port {port} already in use? pick another with --port)"

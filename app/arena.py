@@ -6,6 +6,7 @@ Gradio tab at the bottom only wires it to widgets.
 
 from __future__ import annotations
 
+import logging
 import queue
 import random
 import threading
@@ -15,13 +16,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import gradio as gr
+from sqlalchemy.exc import OperationalError
 
 from app.cards import chat_messages, item_cards
 from backend.client import BackendClient, BackendError
 from backend.types import Dialogue, Reply, Turn
 from db.arena import AlreadyVoted, export_arena_round, record_vote
 
+log = logging.getLogger(__name__)
 VOTES = {"A better": "A", "B better": "B", "Tie": "tie", "Both bad": "both_bad"}
+# Said instead of a database error; the round stays open, so the same click can be repeated.
+BUSY_VOTE = "Your vote could not be saved just now because the database is busy. Please click it again in a few seconds."
 
 
 def draw_pair(models: list[str], rng: random.Random) -> tuple[str, str]:
@@ -256,6 +261,9 @@ def build_arena_tab(client: BackendClient, engine, model_names: list[str]) -> No
                 round_.cast(engine, choice, session_id=round_.round_id)
             except (AlreadyVoted, ValueError) as err:
                 return view(round_, f"**Vote refused:** {err}")
+            except OperationalError:
+                log.exception("vote of round %s not stored", round_.round_id)
+                return view(round_, BUSY_VOTE)
             return view(
                 round_,
                 f"Thanks! You voted **{choice}**. Model A was **{round_.left.model}**, Model B was **{round_.right.model}**.",

@@ -253,18 +253,20 @@ def test_an_annotator_in_two_campaigns_picks_one(study: dict[str, Any]) -> None:
 def test_launch_runs_streamlit_on_the_app_with_the_database_url(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import subprocess
 
     from annotation import launch
 
     calls: list[tuple[list[str], dict[str, str]]] = []
 
-    def fake_run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        calls.append((command, env))
-        return subprocess.CompletedProcess(command, 0)
+    class FakeChild:
+        def __init__(self, command: list[str], env: dict[str, str]) -> None:
+            calls.append((command, env))
+
+        def wait(self) -> int:
+            return 0
 
     monkeypatch.delenv("CRS_ANNOTATE_URL", raising=False)
-    monkeypatch.setattr(launch.subprocess, "run", fake_run)
+    monkeypatch.setattr(launch.subprocess, "Popen", FakeChild)
     launch.launch("sqlite:////tmp/x.sqlite", 8502, "0.0.0.0")
     command, env = calls[0]
     assert command[1:4] == ["-m", "streamlit", "run"] and command[4] == str(APP)

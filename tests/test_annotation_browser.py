@@ -341,6 +341,15 @@ def test_a_crowd_worker_takes_a_study_defined_from_a_file(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+    # Stopping `crs annotate` stops its Streamlit child too: nothing is left serving.
+    for _ in range(40):
+        try:
+            httpx.get(f"{base}/_stcore/health", timeout=1)
+        except httpx.HTTPError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the Streamlit child of `crs annotate` outlived it")
 
     out = tmp_path / "export"
     crs("export", "--campaign", "crowd-study", "--out", str(out), "--db-url", db_url)
