@@ -13,6 +13,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,6 +22,7 @@ import pandas as pd
 import pytest
 
 from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _free_port
+from tests.test_studies import STUDY
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)"
@@ -36,6 +39,42 @@ def crs(*args: str) -> str:
     result = subprocess.run([CRS, *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+@contextmanager
+def serving_annotate(db_url: str, port: int, log: Path) -> Iterator[str]:
+    """`crs annotate` on ``port`` until the block ends; yields its base URL.
+
+    Stopping it must stop its Streamlit child too: nothing may be left serving afterwards.
+    """
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [CRS, "annotate", "--port", str(port), "--db-url", db_url],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/_stcore/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"crs annotate did not start:\n{log.read_text()}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    for _ in range(40):
+        try:
+            httpx.get(f"{base}/_stcore/health", timeout=1)
+        except httpx.HTTPError:
+            return
+        time.sleep(0.5)
+    pytest.fail("the Streamlit child of `crs annotate` outlived it")
 
 
 def task_rows() -> list[dict]:
@@ -82,26 +121,8 @@ def annotate_app(tmp_path_factory):
     for name in ("alice", "bob"):
         out = crs("annotators", "add", name, "--campaign", "e2e", "--url", base, "--db-url", db_url)
         links[name] = re.search(r"(http://\S+token=\S+)", out).group(1)
-    proc = subprocess.Popen(
-        [CRS, "annotate", "--port", str(port), "--db-url", db_url],
-        stdout=(tmp / "annotate.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"crs annotate did not start:\n{(tmp / 'annotate.log').read_text()}")
-            time.sleep(0.5)
+    with serving_annotate(db_url, port, tmp / "annotate.log"):
         yield db_url, links, tmp
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def annotate(page, link: str, n_tasks: int, rng: random.Random, shot: str) -> None:
@@ -174,38 +195,9 @@ def test_two_annotators_annotate_in_chromium_then_export(annotate_app):
 # --- a study defined from a file, taken through a crowd link --------------------------------------
 
 STUDY_FILE = {
+    **STUDY,
     "name": "crowd-study",
-    "guidelines": "Read the whole dialogue, then answer each question.",
-    "overlap": 1,
-    "criteria": [
-        {
-            "name": "fluency",
-            "kind": "likert",
-            "question": "How fluent is it?",
-            "scale": 5,
-            "labels": ["Unreadable", "Awkward", "OK", "Fluent", "Perfect"],
-        },
-        {
-            "name": "relevance",
-            "kind": "likert",
-            "question": "Does it fit the request?",
-            "scale": 3,
-            "labels": ["Off topic", "Partly", "Fits"],
-        },
-        {
-            "name": "humour",
-            "kind": "likert",
-            "question": "Is it funny?",
-            "scale": 3,
-            "labels": ["Not at all", "A little", "Very"],
-            "required": False,
-            "allow_na": True,
-        },
-        {"name": "preference", "kind": "pairwise", "question": "better overall"},
-    ],
-    "onboarding": {"pass_required": 1},
     "randomize_order": False,
-    "completion_code": "C0DE42",
     "crowd": {"tasks_per_worker": 4},
 }
 LONG_CONTEXT = [
@@ -273,83 +265,51 @@ def test_a_crowd_worker_takes_a_study_defined_from_a_file(tmp_path):
     tasks.write_text("".join(json.dumps(r) + "\n" for r in study_rows()))
     crs("campaigns", "create", str(tmp_path / "study.json"), "--db-url", db_url)
     crs("tasks", "import", str(tasks), "--campaign", "crowd-study", "--db-url", db_url)
-    proc = subprocess.Popen(
-        [CRS, "annotate", "--port", str(port), "--db-url", db_url],
-        stdout=(tmp_path / "annotate.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"crs annotate did not start:\n{(tmp_path / 'annotate.log').read_text()}"
-                )
-            time.sleep(0.5)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-            )
-            page = browser.new_page(viewport={"width": 1280, "height": 720})
-            page.set_default_timeout(60_000)
-            page.goto(
-                f"{base}/?campaign=crowd-study&PROLIFIC_PID=5f1c0ffee&STUDY_ID=s1&SESSION_ID=x"
-            )
-            page.get_by_role("button", name=re.compile("^Start")).click()
+    with serving_annotate(db_url, port, tmp_path / "annotate.log"), sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.set_default_timeout(60_000)
+        page.goto(f"{base}/?campaign=crowd-study&PROLIFIC_PID=5f1c0ffee&STUDY_ID=s1&SESSION_ID=x")
+        page.get_by_role("button", name=re.compile("^Start")).click()
 
-            # Onboarding: a practice task, then the expected answer and why.
-            page.get_by_role("heading", name=re.compile("^Practice task 1 of 1")).wait_for()
+        # Onboarding: a practice task, then the expected answer and why.
+        page.get_by_role("heading", name=re.compile("^Practice task 1 of 1")).wait_for()
+        page.wait_for_timeout(1500)
+        click_option(page, "Fluency — How fluent is it?", "Perfect")
+        click_option(page, "Relevance — Does it fit the request?", "Fits")
+        submit_when_ready(page)
+        page.get_by_text("Correct!").wait_for()
+        page.get_by_text("Flawless English is a 5 for fluency.").wait_for()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "annotate-onboarding.png"), full_page=True)
+        page.get_by_role("button", name=re.compile("^Continue")).click()
+
+        # Real tasks: the optional criterion once left out, once "can't judge".
+        for k, humour in enumerate(["A little", None, "Can't judge", "pairwise"]):
+            heading = page.get_by_role("heading", name=re.compile(rf"^Task {k + 2} of 5"))
+            heading.wait_for()
+            page.wait_for_timeout(1000)
+            # Each task starts at its top: the heading is on screen, not far above it.
+            box = heading.bounding_box()
+            assert box is not None and 0 <= box["y"] < 720, f"task {k + 2} opened at {box}"
             page.wait_for_timeout(1500)
-            click_option(page, "Fluency — How fluent is it?", "Perfect")
-            click_option(page, "Relevance — Does it fit the request?", "Fits")
+            if humour != "pairwise":
+                click_option(page, "Fluency — How fluent is it?", "Fluent")
+                click_option(page, "Relevance — Does it fit the request?", "Partly")
+                if humour:
+                    click_option(page, "Humour — Is it funny? (optional)", humour)
+            else:
+                click_option(page, "Preference", "Left is better")
+            if k == 0:
+                page.screenshot(path=str(ARTIFACTS / "annotate-study.png"), full_page=True)
             submit_when_ready(page)
-            page.get_by_text("Correct!").wait_for()
-            page.get_by_text("Flawless English is a 5 for fluency.").wait_for()
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "annotate-onboarding.png"), full_page=True)
-            page.get_by_role("button", name=re.compile("^Continue")).click()
 
-            # Real tasks: the optional criterion once left out, once "can't judge".
-            for k, humour in enumerate(["A little", None, "Can't judge", "pairwise"]):
-                heading = page.get_by_role("heading", name=re.compile(rf"^Task {k + 2} of 5"))
-                heading.wait_for()
-                page.wait_for_timeout(1000)
-                # Each task starts at its top: the heading is on screen, not far above it.
-                box = heading.bounding_box()
-                assert box is not None and 0 <= box["y"] < 720, f"task {k + 2} opened at {box}"
-                page.wait_for_timeout(1500)
-                if humour != "pairwise":
-                    click_option(page, "Fluency — How fluent is it?", "Fluent")
-                    click_option(page, "Relevance — Does it fit the request?", "Partly")
-                    if humour:
-                        click_option(page, "Humour — Is it funny? (optional)", humour)
-                else:
-                    click_option(page, "Preference", "Left is better")
-                if k == 0:
-                    page.screenshot(path=str(ARTIFACTS / "annotate-study.png"), full_page=True)
-                submit_when_ready(page)
-
-            page.get_by_text("C0DE42").wait_for()
-            page.screenshot(path=str(ARTIFACTS / "annotate-complete.png"), full_page=True)
-            page.wait_for_url(f"{base}/_stcore/health", timeout=30_000)
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-    # Stopping `crs annotate` stops its Streamlit child too: nothing is left serving.
-    for _ in range(40):
-        try:
-            httpx.get(f"{base}/_stcore/health", timeout=1)
-        except httpx.HTTPError:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("the Streamlit child of `crs annotate` outlived it")
+        page.get_by_text("C0DE42").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "annotate-complete.png"), full_page=True)
+        page.wait_for_url(f"{base}/_stcore/health", timeout=30_000)
+        browser.close()
 
     out = tmp_path / "export"
     crs("export", "--campaign", "crowd-study", "--out", str(out), "--db-url", db_url)

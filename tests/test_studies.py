@@ -33,6 +33,7 @@ from db.tasks import TaskFileError, import_task_file
 
 CONTEXT = [{"role": "user", "text": "I loved Heat (1995). Any crime films?"}]
 
+# A study with every kind of criterion; the browser test takes it through a crowd link too.
 STUDY = {
     "name": "study",
     "guidelines": "Read the whole dialogue first.",
@@ -48,14 +49,16 @@ STUDY = {
         {
             "name": "relevance",
             "kind": "likert",
+            "question": "Does it fit the request?",
             "scale": [1, 3],
             "labels": ["Off topic", "Partly", "Fits"],
         },
         {
             "name": "humour",
             "kind": "likert",
+            "question": "Is it funny?",
             "scale": 3,
-            "labels": ["None", "Some", "Funny"],
+            "labels": ["Not at all", "A little", "Very"],
             "required": False,
             "allow_na": True,
         },
