@@ -36,7 +36,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, joinedload
 
 from backend.settings import get_settings
-from db.campaigns import NOT_APPLICABLE, campaign_setting, criteria_for, find_campaign
+from db.campaigns import (
+    NOT_APPLICABLE,
+    campaign_setting,
+    criteria_for,
+    find_campaign,
+    pass_required,
+)
 from db.schema import Annotator, Assignment, Campaign, Event, Judgment, Response, Task, TaskImport
 from db.session import find_by_ref, get_engine, session_scope
 
@@ -272,6 +278,7 @@ def assign_tasks(
     order = [a.id for a in pool]
     rotation = _Rotation(order, start=regular_given)
     new: dict[int, list[Task]] = {a: [] for a in order}
+    regular_new = dict.fromkeys(order, 0)  # this run's non-gold tasks per annotator, for `limit`
     for task in tasks:
         have = holders.get(task.id, set())
         candidates = [a for a in order if a not in have]
@@ -279,7 +286,7 @@ def assign_tasks(
             chosen = candidates
         else:
             if limit is not None:
-                candidates = [a for a in candidates if _regular(new[a], gold_ids) < limit]
+                candidates = [a for a in candidates if regular_new[a] < limit]
             need = min(len(candidates), max(0, target.overlap - counting.get(task.id, 0)))
             if target.assignment_policy == "random":
                 chosen = random.Random(f"{seed}:{target.id}:{task.id}").sample(candidates, need)
@@ -290,6 +297,7 @@ def assign_tasks(
         for annotator_id in chosen:
             new[annotator_id].append(task)
             assigned[annotator_id] += 1
+            regular_new[annotator_id] += task.id not in gold_ids
 
     rows = []
     shuffled = campaign_setting(target, "randomize_order", True)
@@ -310,13 +318,9 @@ def assign_tasks(
     return added
 
 
-def _regular(tasks: list[Task], gold_ids: set[int]) -> int:
-    return sum(t.id not in gold_ids for t in tasks)
-
-
 def _check_onboarding(target: Campaign, tasks: Sequence[Task]) -> None:
     """Refuse to hand out a campaign whose qualification cannot be passed."""
-    needed = (campaign_setting(target, "onboarding") or {}).get("pass_required", 0)
+    needed = pass_required(target)
     have = sum(t.stage == "onboarding" for t in tasks)
     if needed > have:
         raise ValueError(
@@ -666,7 +670,7 @@ def qualification(engine: Engine | None, annotator_id: int, campaign: str | int)
 
 
 def _qualification(session: Session, campaign: Campaign, annotator_id: int) -> Qualification:
-    required = (campaign_setting(campaign, "onboarding") or {}).get("pass_required", 0)
+    required = pass_required(campaign)
     assignments = session.scalars(
         select(Assignment)
         .join(Task, Task.id == Assignment.task_id)
@@ -778,17 +782,20 @@ def _retry_while_busy(write: Callable[[], T], patience_s: float | None = None) -
     """Run ``write``; on "database is locked" (or a concurrent duplicate) wait and run it again.
 
     PostgreSQL only raises IntegrityError here when a concurrent submit of the same assignment
-    inserted the same revision first; the retry then builds on the winner's rows.
+    inserted the same revision first; one retry then builds on the winner's rows.
     """
     patience_s = SUBMIT_PATIENCE_S if patience_s is None else patience_s
     deadline = time.monotonic() + patience_s
     delay = 0.05
+    lost_race = False
     while True:
         try:
             return write()
         except IntegrityError:
-            if time.monotonic() > deadline:
+            if lost_race:  # a second time is not a race but a real conflict
                 raise
+            lost_race = True
+            continue
         except OperationalError as err:
             if "locked" not in str(err) and "busy" not in str(err):
                 raise
@@ -858,6 +865,8 @@ def _submit(
 
 def _require_qualified(session: Session, campaign: Campaign, annotator_id: int) -> None:
     """PermissionError unless the annotator passed the campaign's onboarding (if it has one)."""
+    if not pass_required(campaign):
+        return  # most campaigns: no query inside the submit's write transaction
     status = _qualification(session, campaign, annotator_id)
     if status.state not in ("none", "passed"):
         raise PermissionError(

@@ -364,3 +364,8 @@ def criteria_for(campaign: Campaign, kind: str) -> list[dict[str, Any]]:
 def campaign_setting(campaign: Campaign, key: str, default: Any = None) -> Any:
     """One of ``Campaign.settings`` (campaigns made before settings existed have none)."""
     return (campaign.settings or {}).get(key, default)
+
+
+def pass_required(campaign: Campaign) -> int:
+    """Correct onboarding answers a campaign requires before its real tasks (0: no onboarding)."""
+    return (campaign_setting(campaign, "onboarding") or {}).get("pass_required", 0)
