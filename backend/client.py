@@ -237,3 +237,26 @@ class BackendClient:
             f"the stream from the CRS backend at {self.base_url} ended before the final reply; "
             "the server may have stopped"
         )
+
+
+# What a visitor reads when the backend cannot answer; the developer's details go to the log.
+OUTAGE_MESSAGE = (
+    "The recommendation service is not answering right now. Please try again in a minute."
+)
+
+
+def plain_message(err: BackendError) -> str:
+    """``err`` in words a demo visitor understands (no status codes, no commands to run)."""
+    if isinstance(err, BackendUnavailableError):
+        return OUTAGE_MESSAGE
+    if isinstance(err, RequestError):
+        if err.status_code == 413 or err.message.startswith("Message too long"):
+            return err.message.split(" (", 1)[0] + "."
+        if err.status_code == 422 and "max_turns" in err.message:
+            return "This conversation is at its length limit. Start a new chat to go on."
+        if err.status_code == 404 and "unknown model" in err.message:
+            return "That model is no longer served. Reload the page to see the current models."
+        return f"The message could not be sent: {err.message}"
+    if err.status_code == 503:
+        return "This model is not ready yet. Pick another one, or try again when it is ready."
+    return "The model could not answer this time. Please try again or pick another model."

@@ -34,6 +34,8 @@ class CRSModel(ABC):
     description: ClassVar[str]  # read by LLMCRS to choose experts, and shown in the demo
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     version: str = "1"
+    # Requests the server runs at once; above 1 only for models that batch concurrent calls.
+    max_concurrency: ClassVar[int] = 1
 
     def __init__(self, dataset: Dataset, config: ModelConfig | None = None):
         self.dataset = dataset

@@ -1,7 +1,7 @@
 """The model-serving backend: one FastAPI app that loads the configured CRS models once and serves them.
 
-Every model gets a single worker thread, so calls to one model run one at a time (no interleaved
-generation on a shared LLM) while different models answer in parallel. Replies stream as
+Every model gets its own worker threads: one, so calls run one at a time, unless the model
+batches concurrent calls itself (``CRSModel.max_concurrency``); different models answer in parallel. Replies stream as
 server-sent events: ``event: delta`` with ``{"text": ...}`` per text delta, then one
 ``event: reply`` with the full `Reply`, or one ``event: error`` with ``{"message": ...}``.
 
@@ -148,6 +148,9 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]  # degraded: some model failed to load
     dataset: str
     models: dict[str, Status]
+    # The request limits, so that a client can check a message before sending it.
+    max_message_chars: int = 2000
+    max_turns: int = 60
 
 
 class SearchHit(BaseModel):
@@ -192,7 +195,13 @@ class ServedModel:
     executor: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{self.name}")
+        try:
+            workers = model_class(self.spec.name).max_concurrency
+        except KeyError:
+            workers = 1  # an unknown name fails in `load`, with the list of known ones
+        self.executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix=f"model-{self.name}"
+        )
 
     @property
     def name(self) -> str:
@@ -294,8 +303,9 @@ class ModelHost:
             if len(turn.text) > limits.max_message_chars:
                 raise HTTPException(
                     413,
-                    f"turn {index} ({turn.role}) has {len(turn.text)} characters; the limit is "
-                    f"max_message_chars={limits.max_message_chars}",
+                    f"Message too long: {limits.max_message_chars:,} characters at most "
+                    f"(turn {index}, the {turn.role}'s, has {len(turn.text):,}; "
+                    f"max_message_chars={limits.max_message_chars})",
                 )
         if turns[-1].role != "user":
             raise HTTPException(
@@ -439,7 +449,13 @@ def create_app(config: ServerConfig, dataset: Dataset | None = None) -> FastAPI:
     def health() -> Health:
         statuses = {name: served.status for name, served in host.models.items()}
         ok = all(s == "ready" for s in statuses.values())
-        return Health(status="ok" if ok else "degraded", dataset=dataset.name, models=statuses)
+        return Health(
+            status="ok" if ok else "degraded",
+            dataset=dataset.name,
+            models=statuses,
+            max_message_chars=config.max_message_chars,
+            max_turns=config.max_turns,
+        )
 
     @app.get("/models")
     def models() -> list[ModelInfo]:
