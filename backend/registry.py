@@ -11,7 +11,7 @@ import dataclasses
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -89,11 +89,32 @@ class CRSModel(ABC):
         self, scores: dict[str, float] | list[tuple[str, float]], exclude: set[str]
     ) -> list[ScoredItem]:
         pairs = scores.items() if isinstance(scores, dict) else scores
-        ranked = sorted(((i, s) for i, s in pairs if i not in exclude), key=lambda p: -p[1])
-        return [
+        ranked = sorted(pairs, key=lambda p: -p[1])
+        items = (
             ScoredItem(item_id=i, score=float(s), title=self.catalog[i].display_title)
-            for i, s in ranked[: self.config.top_k]
-        ]
+            for i, s in ranked
+        )
+        return fresh_items(items, exclude, self.config.top_k)
+
+
+def fresh_items(items: Iterable[ScoredItem], exclude: set[str], limit: int) -> list[ScoredItem]:
+    """The first ``limit`` items not in ``exclude``, each item and each title once.
+
+    A catalog may list one film under two ids (MovieLens has "Nightwatch (1997)" twice); a user
+    sees a repeated title as a bug, so the lower-ranked copy goes. ``title`` empty = not checked.
+    """
+    kept: list[ScoredItem] = []
+    seen_ids, seen_titles = set(exclude), set()
+    for item in items:
+        title = item.title.casefold()
+        if item.item_id in seen_ids or (title and title in seen_titles):
+            continue
+        seen_ids.add(item.item_id)
+        seen_titles.add(title)
+        kept.append(item)
+        if len(kept) >= limit:
+            break
+    return kept
 
 
 _REGISTRY: dict[str, type[CRSModel]] = {}

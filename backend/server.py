@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from backend.data.base import Dataset
 from backend.mentions import link_user_turn
-from backend.registry import CRSModel, create_model, model_class
+from backend.registry import CRSModel, create_model, fresh_items, model_class
 from backend.types import Dialogue, Item, Reply, UserHistory
 
 log = logging.getLogger(__name__)
@@ -254,6 +254,11 @@ class ModelCall:
     dialogue: Dialogue
     history: UserHistory | None
 
+    def checked(self, reply: Reply) -> Reply:
+        """``reply`` without items mentioned in earlier turns or repeated, whatever the model did."""
+        items = fresh_items(reply.items, set(self.dialogue.mentioned_items()), len(reply.items))
+        return reply if items == reply.items else reply.model_copy(update={"items": items})
+
 
 class ModelHost:
     """The dataset and the served models; the HTTP routes are thin adapters over it."""
@@ -331,10 +336,10 @@ async def model_call(name: str, body: RespondRequest, request: Request) -> Model
     host: ModelHost = request.app.state.host
     served = host.ready(name)
     history = host.check_request(body)
-    # Titles the user typed become item ids, so models treat them as already mentioned.
+    # Titles the user typed, in any turn, become item ids: models leave them out as already mentioned.
     turns = [
-        *body.dialogue.turns[:-1],
-        link_user_turn(body.dialogue.turns[-1], host.dataset.catalog),
+        link_user_turn(turn, host.dataset.catalog) if turn.role == "user" else turn
+        for turn in body.dialogue.turns
     ]
     return ModelCall(served, body.dialogue.model_copy(update={"turns": turns}), history)
 
@@ -342,10 +347,9 @@ async def model_call(name: str, body: RespondRequest, request: Request) -> Model
 # ----------------------------------------------------------------------------- streaming
 
 
-async def _stream_events(
-    served: ServedModel, dialogue: Dialogue, history: UserHistory | None
-) -> AsyncIterator[ServerSentEvent]:
+async def _stream_events(call: ModelCall) -> AsyncIterator[ServerSentEvent]:
     """Run ``model.stream`` on the model's thread and relay its parts as SSE events."""
+    served, dialogue, history = call.served, call.dialogue, call.history
     loop = asyncio.get_running_loop()
     parts: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     stop = threading.Event()  # set when the client goes away: stop generating
@@ -371,7 +375,7 @@ async def _stream_events(
                         seconds = part.seconds or time.perf_counter() - start
                         emit(
                             "reply",
-                            part.model_copy(
+                            call.checked(part).model_copy(
                                 update={"seconds": seconds, "model": part.model or model.name}
                             ),
                         )
@@ -513,13 +517,13 @@ def create_app(config: ServerConfig, dataset: Dataset | None = None) -> FastAPI:
             raise HTTPException(
                 500, f"{served.name} failed: respond() returned {type(reply).__name__}, not a Reply"
             )
-        return reply
+        return call.checked(reply)
 
     @app.post("/models/{name}/stream", response_class=EventSourceResponse)
     async def stream(
         call: Annotated[ModelCall, Depends(model_call)],
     ) -> AsyncIterator[ServerSentEvent]:
-        async for event in _stream_events(call.served, call.dialogue, call.history):
+        async for event in _stream_events(call):
             yield event
 
     return app

@@ -458,3 +458,32 @@ def test_client_raises_model_error_for_failing_models(app):
         with pytest.raises(ModelError, match="failed to load") as err:
             client.respond("test-broken", d)
         assert err.value.status_code == 503
+
+
+def test_items_mentioned_in_any_earlier_turn_never_come_back(client):
+    """Defect: an item the user named two turns ago (its turn carries no ids: the demo sends raw
+    text) was recommended again. The server links every user turn and drops such items."""
+    body = {"dialogue": dialogue("I loved Heat (1995). More like it?", "Try Alien.", "Older?")}
+    assert client.post("/models/test-echo/respond", json=body).json()["items"] == []
+    events = sse_events(client.post("/models/test-echo/stream", json=body).text)
+    assert events[-1][0] == "reply" and events[-1][1]["items"] == []
+    # Without the mention, the same model's item is kept.
+    fresh = {"dialogue": dialogue("Something to watch?")}
+    assert [
+        i["item_id"] for i in client.post("/models/test-echo/respond", json=fresh).json()["items"]
+    ] == ["1"]
+
+
+def test_fresh_items_drops_excluded_items_and_repeated_titles():
+    from backend.registry import fresh_items
+
+    items = [
+        ScoredItem(item_id="a", score=5, title="Nightwatch (1997)"),
+        ScoredItem(item_id="b", score=4, title="Alien (1979)"),
+        ScoredItem(item_id="c", score=3, title="Nightwatch (1997)"),  # the catalog's second copy
+        ScoredItem(item_id="a", score=2, title="Nightwatch (1997)"),
+        ScoredItem(item_id="d", score=1, title="Heat (1995)"),
+    ]
+    kept = fresh_items(items, exclude={"b"}, limit=5)
+    assert [i.item_id for i in kept] == ["a", "d"]
+    assert [i.item_id for i in fresh_items(items, set(), limit=2)] == ["a", "b"]
