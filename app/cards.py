@@ -18,6 +18,8 @@ CARD_CSS = """
 .crs-card h4 {margin: 0 0 4px 0;}
 .crs-card .meta {color: #57606a;}
 .crs-card .score {float: right; font-family: monospace;}
+.crs-card .people {color: #57606a; font-size: 0.95em;}
+.crs-card .why {margin-top: 6px; font-style: italic;}
 """
 
 
@@ -29,8 +31,13 @@ def chat_messages(dialogue: Dialogue) -> list[dict[str, str]]:
     ]
 
 
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def item_cards(reply: Reply, items: dict[str, Item], top: int = 6, scores: bool = True) -> str:
-    """HTML cards for the top items: title, year, genres, description and (if ``scores``) score."""
+    """HTML cards for the top items: title, year, genres, people, description, the model's "why"
+    and (if ``scores``) the score."""
     if not reply.items:
         return "<p><em>No items recommended for this turn.</em></p>"
     cards = []
@@ -38,16 +45,24 @@ def item_cards(reply: Reply, items: dict[str, Item], top: int = 6, scores: bool 
         item = items.get(scored.item_id)
         title = item.title if item else scored.title or scored.item_id
         year = f" ({item.year})" if item and item.year else ""
-        genres = ", ".join(item.genres) if item else ""
-        description = (
-            (item.description[:220] + "…")
-            if item and len(item.description) > 220
-            else (item.description if item else "")
-        )
+        parts = [
+            f"<h4>{rank}. {html.escape(title)}{html.escape(year)}</h4>",
+            f'<div class="meta">{html.escape(", ".join(item.genres))}</div>' if item else "",
+        ]
+        if item:
+            for role, label in (("director", "Directed by"), ("star", "With")):
+                if names := item.people.get(role):
+                    parts.append(
+                        f'<div class="people">{label} {html.escape(", ".join(names[:3]))}</div>'
+                    )
+            if item.description:
+                parts.append(f"<p>{html.escape(_shorten(item.description, 220))}</p>")
+        if scored.why:
+            parts.append(f'<div class="why">Why: {html.escape(_shorten(scored.why, 140))}</div>')
         score = f'<span class="score">{scored.score:.3f}</span>' if scores else ""
         cards.append(
             f'<div class="crs-card" data-item-id="{html.escape(scored.item_id)}">{score}'
-            f'<h4>{rank}. {html.escape(title)}{html.escape(year)}</h4><div class="meta">{html.escape(genres)}</div><p>{html.escape(description)}</p></div>'
+            f"{''.join(parts)}</div>"
         )
     return f'<div class="crs-cards">{"".join(cards)}</div>'
 

@@ -98,6 +98,7 @@ class ScoredItem(BaseModel):
     item_id: str
     score: float
     title: str = ""
+    why: str = ""  # a one-line reason the model gives for this item, shown on its card
 
 
 class TraceStep(BaseModel):

@@ -46,7 +46,14 @@ class Popularity(CRSModel):
         exclude = set(dialogue.mentioned_items())
         if history is not None:
             exclude |= {i.item_id for i in history.interactions}
-        ranked = self._ranked(self.scores, exclude)
+        ranked = [
+            s.model_copy(
+                update={"why": f"Popular: rated or mentioned {self.scores[s.item_id]:.0f} times"}
+            )
+            if rank < 6
+            else s
+            for rank, s in enumerate(self._ranked(self.scores, exclude))
+        ]
         text = recommendation_text([self.catalog[s.item_id] for s in ranked[:3]])
         trace = [TraceStep(name="exclude mentioned", input=sorted(exclude), output=len(ranked))]
         return Reply(text=text, items=ranked, recommends=bool(ranked), trace=trace)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.encoder import get_encoder
+from backend.explain import with_reasons
 from backend.models.templates import recommendation_text
 from backend.registry import CRSModel, ModelConfig, register, timed
 from backend.settings import get_settings
@@ -90,11 +91,13 @@ class Retrieval(CRSModel):
         k = min(len(self.catalog), self.config.top_k + max(map(len, excludes), default=0))
         all_scores, all_idx = self._search(vectors, k)
         replies = []
-        for query, exclude, scores, idx in zip(queries, excludes, all_scores, all_idx, strict=True):
+        for dialogue, query, exclude, scores, idx in zip(
+            dialogues, queries, excludes, all_scores, all_idx, strict=True
+        ):
             pairs = [
                 (self.catalog.ids[j], float(s)) for j, s in zip(idx, scores, strict=True) if j >= 0
             ]
-            ranked = self._ranked(pairs, exclude)
+            ranked = with_reasons(self._ranked(pairs, exclude), dialogue, self.catalog)
             text = recommendation_text([self.catalog[s.item_id] for s in ranked[:3]])
             trace = [TraceStep(name="query", input=query, output=[s.title for s in ranked[:5]])]
             replies.append(

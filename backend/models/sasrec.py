@@ -314,6 +314,10 @@ class SASRec(CRSModel):
                 ranked = self._ranked(
                     dict(zip(self.catalog.ids, row.tolist(), strict=True)), exclude
                 )
+                last = self.catalog[self.catalog.ids[seq[-1] - 1]].display_title
+                ranked[:6] = [
+                    s.model_copy(update={"why": f"Often watched after {last}"}) for s in ranked[:6]
+                ]
                 step = TraceStep(
                     name="sequence",
                     input=[self.catalog.ids[i - 1] for i in seq],
