@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine, func, select
 
 from backend.types import Dialogue, ScoredItem
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 VOTES = ("A", "B", "tie", "both_bad")
 MODES = ("blind", "named")
 ARENA_SOURCE = "arena"
+# Where a vote comes from; the leaderboard can show each source, or several together.
+SOURCES = (ARENA_SOURCE, "crsarena-dial", "simulated")
 # The one question of an arena round, as the built-in "arena" protocol asks it.
 ARENA_CRITERION: dict[str, Any] = TEMPLATES["arena"].stored_criteria()[0]
 
@@ -60,6 +63,7 @@ _VOTE_IDENTITY = (
     "model_b_version",
     "left_model",
     "vote",
+    "source",
 )
 
 
@@ -79,6 +83,9 @@ def record_vote(
     started_at: datetime | None = None,
     voted_at: datetime | None = None,
     session_id: str | None = None,
+    source: str = ARENA_SOURCE,
+    flags: Iterable[str] = (),
+    turn_stats: Mapping[str, Any] | None = None,
 ) -> ArenaVote:
     """Store the vote for arena round ``round_id`` and return it.
 
@@ -86,12 +93,16 @@ def record_vote(
     was), "tie" or "both_bad". ``conversation_a`` / ``conversation_b`` are the full dialogues of
     ``model_a`` / ``model_b``. Submitting the same vote again (a double click, a retry) returns the
     stored vote; a different vote for the same round raises ``AlreadyVoted``.
-    Datetimes must be timezone-aware; ``voted_at`` defaults to now.
+    Datetimes must be timezone-aware; ``voted_at`` defaults to now. ``source`` says where the
+    vote comes from (one of ``SOURCES``), ``flags`` marks votes the leaderboard leaves out (see
+    ``db.vote_hygiene``) and ``turn_stats`` holds the per-turn records of ``db.turn_stats``.
     """
     if vote not in VOTES:
         raise ValueError(f"`vote` is {vote!r}; use one of {', '.join(VOTES)}")
     if mode not in MODES:
         raise ValueError(f"`mode` is {mode!r}; use one of {', '.join(MODES)}")
+    if source not in SOURCES:
+        raise ValueError(f"`source` is {source!r}; use one of {', '.join(SOURCES)}")
     if left_model not in (model_a, model_b):
         raise ValueError(
             f"`left_model` is {left_model!r}; it must name one of the two models "
@@ -109,6 +120,9 @@ def record_vote(
         "conversation_b": _dialogue_json(conversation_b, "conversation_b"),
         "started_at": started_at,
         "session_id": session_id,
+        "source": source,
+        "flags": sorted(set(flags)),
+        "turn_stats": dict(turn_stats) if turn_stats is not None else None,
     }
     if voted_at is not None:
         fields["voted_at"] = voted_at
@@ -121,16 +135,53 @@ def record_vote(
     return stored
 
 
-def list_votes(engine: Engine | None = None, *, blind_only: bool = True) -> list[ArenaVote]:
+def list_votes(
+    engine: Engine | None = None,
+    *,
+    blind_only: bool = True,
+    sources: Iterable[str] | None = None,
+) -> list[ArenaVote]:
     """All arena votes, oldest first; only blind rounds unless ``blind_only=False``.
 
     Named rounds are left out by default because knowing the model's name biases the vote.
+    ``sources`` keeps only votes from those sources (default: every source).
     """
     query = select(ArenaVote).order_by(ArenaVote.voted_at, ArenaVote.id)
     if blind_only:
         query = query.where(ArenaVote.mode == "blind")
+    if sources is not None:
+        query = query.where(ArenaVote.source.in_(list(sources)))
     with session_scope(engine, write=False) as session:
         return list(session.scalars(query))
+
+
+def votes_since(engine: Engine | None, session_id: str, since: datetime) -> int:
+    """How many votes voter ``session_id`` cast at or after ``since`` (for the daily cap)."""
+    query = (
+        select(func.count())
+        .select_from(ArenaVote)
+        .where(ArenaVote.session_id == session_id, ArenaVote.voted_at >= since)
+    )
+    with session_scope(engine, write=False) as session:
+        return int(session.scalar(query) or 0)
+
+
+def stored_battles(
+    engine: Engine | None = None, *, blind_only: bool = True
+) -> list[tuple[str, str, ArenaOutcome]]:
+    """``(model_a, model_b, outcome)`` of every stored vote, read without the conversations.
+
+    For callers that need only the battle history (the blind-mode pair draw), cheaply.
+    """
+    query = select(ArenaVote.model_a, ArenaVote.model_b, ArenaVote.left_model, ArenaVote.vote)
+    if blind_only:
+        query = query.where(ArenaVote.mode == "blind")
+    with session_scope(engine, write=False) as session:
+        rows = session.execute(query.order_by(ArenaVote.id)).all()
+    return [
+        (a, b, ArenaVote(model_a=a, model_b=b, left_model=left, vote=vote).outcome)
+        for a, b, left, vote in rows
+    ]
 
 
 def votes_to_battles(
@@ -153,6 +204,25 @@ def votes_to_battles(
         )
         for vote in votes
     ]
+
+
+def votes_to_style(votes: Iterable[ArenaVote]) -> tuple[np.ndarray, np.ndarray]:
+    """Style counts of each side's replies, ``(battles, 2)`` arrays for model_a and model_b.
+
+    The columns are the words of all system turns and the number of distinct items they showed:
+    the inputs of ``db.ranking.style_covariates`` (style control).
+    """
+    counts: list[list[tuple[int, int]]] = [[], []]
+    for vote in votes:
+        for side, conversation in enumerate((vote.conversation_a, vote.conversation_b)):
+            replies = [t for t in conversation.get("turns", []) if t.get("role") == "system"]
+            words = sum(len(str(t.get("text", "")).split()) for t in replies)
+            items = len({i for t in replies for i in t.get("items", [])})
+            counts[side].append((words, items))
+    return (
+        np.asarray(counts[0], dtype=np.float64).reshape(-1, 2),
+        np.asarray(counts[1], dtype=np.float64).reshape(-1, 2),
+    )
 
 
 def _final_reply(

@@ -399,7 +399,16 @@ class ArenaVote(Base):
     conversation_b: Mapped[dict[str, Any]] = mapped_column(JSONValue)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     voted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
-    session_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The voter: a per-browser id, so that a daily vote cap and a voter check can apply.
+    session_id: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
+    # Where the vote comes from: "arena" (this demo), "crsarena-dial" (imported), "simulated".
+    source: Mapped[str] = mapped_column(String(40), default="arena")
+    # Hygiene flags set when the vote was stored, e.g. "identity_leak"; flagged votes stay out
+    # of the leaderboard fit but are kept for analysis.
+    flags: Mapped[list[str]] = mapped_column(JSONValue, default=list)
+    # Per side ("a", "b"), one record per system turn: latency, length, items and their rates
+    # (see db.turn_stats). None for votes stored before migration 0003 and for imported ones.
+    turn_stats: Mapped[dict[str, Any] | None] = mapped_column(JSONValue, nullable=True)
 
     @property
     def outcome(self) -> ArenaOutcome:
