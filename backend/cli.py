@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from backend.cli_annotation import annotate, annotators_app, campaigns_app, export, tasks_app
+from backend.cli_arena import arena_app
 from backend.cli_common import (
     DataDirOpt,
     DatasetArg,
@@ -454,6 +455,7 @@ def llm_serve(
 app.add_typer(campaigns_app, name="campaigns")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(annotators_app, name="annotators")
+app.add_typer(arena_app, name="arena")
 app.command("annotate")(annotate)
 app.command("export")(export)
 
