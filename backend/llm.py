@@ -28,9 +28,9 @@ from transformers import (
     GgufConfig,
     StoppingCriteria,
     StoppingCriteriaList,
-    TextIteratorStreamer,
 )
 
+from backend.batching import Batcher, detokenize
 from backend.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -342,16 +342,6 @@ class _StopStrings(StoppingCriteria):
         )
 
 
-class _Cancelled(StoppingCriteria):
-    """Stops every row when a streaming consumer has gone away or hit a stop string."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
-
-
 class _StopFilter:
     """Passes streamed text on, holding back just enough never to emit a stop string or what follows."""
 
@@ -381,7 +371,9 @@ class LocalLLM(LLM):
 
     ``spec`` is "smollm2" (the bundled GGUF, converted once and cached), a ``.gguf`` file, or a
     HF model directory. Runs in float32 on CPU/MPS and bfloat16 on CUDA. One lock serialises
-    every forward pass, so threads never interleave on the model.
+    every forward pass, so threads never interleave on the model. Greedy and sampled generations
+    from concurrent callers run as rows of one continuous batch (``self.batcher``); beam search
+    runs alone through ``generate``.
     """
 
     def __init__(
@@ -410,6 +402,7 @@ class LocalLLM(LLM):
             eos = self.tokenizer.eos_token_id
         self._eos: list[int] = [eos] if isinstance(eos, int) else list(eos)
         self._lock = threading.Lock()
+        self.batcher = Batcher(self.model, self.tokenizer, self._eos, self._lock)
         self.load_seconds = time.perf_counter() - start
         log.info(
             "loaded %s on %s (%s) in %.1fs", self.name, self.device, self.dtype, self.load_seconds
@@ -445,45 +438,31 @@ class LocalLLM(LLM):
         )
         return list(encoded["input_ids"])
 
-    def _generate_kwargs(self, config: GenerationConfig) -> dict[str, Any]:
-        if config.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {config.num_beams}")
-        if config.num_beams > 1 and config.temperature > 0:
-            raise ValueError("beam search here is deterministic; set temperature=0 or num_beams=1")
-        kwargs: dict[str, Any] = {
+    def _beam_kwargs(self, config: GenerationConfig) -> dict[str, Any]:
+        # Every beam comes back, best first, with its length-normalised log-probability;
+        # stopping once num_beams hypotheses are finished keeps beams from running to
+        # max_new_tokens in search of a better average.
+        return {
             "max_new_tokens": config.max_new_tokens,
             "min_new_tokens": config.min_new_tokens,
             "repetition_penalty": config.repetition_penalty,
-            "do_sample": config.temperature > 0,
+            "do_sample": False,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self._eos,
             "return_dict_in_generate": True,
+            "num_beams": config.num_beams,
+            "num_return_sequences": config.num_beams,
+            "output_scores": True,
+            "early_stopping": True,
         }
-        if config.num_beams > 1:
-            # Every beam comes back, best first, with its length-normalised log-probability;
-            # stopping once num_beams hypotheses are finished keeps beams from running to
-            # max_new_tokens in search of a better average.
-            kwargs.update(
-                num_beams=config.num_beams,
-                num_return_sequences=config.num_beams,
-                output_scores=True,
-                early_stopping=True,
-            )
-        if config.temperature > 0:
-            kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
-        return kwargs
 
-    def _generate_ids(
-        self,
-        prompts: list[list[int]],
-        config: GenerationConfig,
-        streamer: TextIteratorStreamer | None = None,
-        cancel: threading.Event | None = None,
-    ) -> tuple[torch.Tensor, list[float] | None, float | None]:
-        """Generated ids for left-padded prompts, beam scores, and the first token's time.
+    def _beam_ids(
+        self, prompts: list[list[int]], config: GenerationConfig
+    ) -> tuple[list[list[int]], list[float], float | None]:
+        """Beam search over left-padded prompts: generated ids, scores, the first token's time.
 
-        Ids are (prompts x num_beams) x new tokens, each prompt's beams together, best first;
-        scores are None without beam search. The caller holds the lock.
+        Rows are prompts x num_beams, each prompt's beams together, best first. The caller holds
+        the lock.
         """
         batch = self.tokenizer.pad(
             {"input_ids": prompts}, padding_side="left", return_tensors="pt"
@@ -494,25 +473,17 @@ class LocalLLM(LLM):
         stops = [s for s in config.stop or [] if s]
         if stops:
             criteria.append(_StopStrings(self.tokenizer, stops, prompt_len))
-        if cancel is not None:
-            criteria.append(_Cancelled(cancel))
-        if config.temperature > 0:
-            torch.manual_seed(
-                config.seed
-            )  # generate() takes no generator; the lock makes this safe
         with torch.inference_mode():
             shared: dict[str, Any] = {}
-            if config.num_beams > 1 and prompt_len > 1:
+            if prompt_len > 1:
                 shared["past_key_values"] = self._beam_prompt_cache(batch, config.num_beams)
             out = self.model.generate(
                 **batch,
-                **self._generate_kwargs(config),
+                **self._beam_kwargs(config),
                 **shared,
                 stopping_criteria=StoppingCriteriaList(criteria),
-                streamer=streamer,
             )
-        scores = out.sequences_scores.tolist() if config.num_beams > 1 else None
-        return out.sequences[:, prompt_len:], scores, first.at
+        return out.sequences[:, prompt_len:].tolist(), out.sequences_scores.tolist(), first.at
 
     def _beam_prompt_cache(self, batch: Any, beams: int) -> Any:
         """The KV cache of every prompt but its last token, computed once and copied per beam.
@@ -532,10 +503,10 @@ class LocalLLM(LLM):
         cache.batch_repeat_interleave(beams)
         return cache
 
-    def _decode(self, new_ids: torch.Tensor, stops: list[str] | None) -> tuple[list[str], int]:
+    def _decode(self, rows: list[list[int]], stops: list[str] | None) -> tuple[list[str], int]:
         """Texts cut at the first EOS and stop string, and how many tokens were generated."""
         texts, generated = [], 0
-        for row in new_ids.tolist():
+        for row in rows:
             end = next((i for i, t in enumerate(row) if t in self._eos), None)
             generated += len(row) if end is None else end + 1
             text = self.tokenizer.decode(row[:end], skip_special_tokens=True)
@@ -546,19 +517,37 @@ class LocalLLM(LLM):
     def _run(
         self, prompts: list[list[int]], config: GenerationConfig
     ) -> tuple[list[str], list[float] | None]:
-        """``num_beams`` texts per prompt (best first) and their beam scores (None when greedy)."""
+        """``num_beams`` texts per prompt (best first) and their beam scores (None without beams)."""
+        if config.num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {config.num_beams}")
+        if config.num_beams > 1 and config.temperature > 0:
+            raise ValueError("beam search here is deterministic; set temperature=0 or num_beams=1")
         if not prompts:
             return [], None
-        with self._lock:
-            start = time.perf_counter()
-            new_ids, scores, first = self._generate_ids(prompts, config)
-            texts, generated = self._decode(new_ids, config.stop)
-            self.last_usage = Usage(
-                prompt_tokens=sum(map(len, prompts)),
-                completion_tokens=generated,
-                seconds=time.perf_counter() - start,
-                first_token_seconds=None if first is None else first - start,
-            )
+        start = time.perf_counter()
+        if config.num_beams == 1:
+            requests = self.batcher.submit(prompts, config)
+            try:
+                for request in requests:
+                    request.wait()
+            finally:
+                for request in requests:
+                    request.cancel()  # a no-op once ended; stops the rest if this thread is interrupted
+            for request in requests:
+                if request.error is not None:
+                    raise request.error
+            rows, scores = [r.generated for r in requests], None
+            first = min((r.first_token_at for r in requests if r.first_token_at), default=None)
+        else:
+            with self._lock:
+                rows, scores, first = self._beam_ids(prompts, config)
+        texts, generated = self._decode(rows, config.stop)
+        self.last_usage = Usage(
+            prompt_tokens=sum(map(len, prompts)),
+            completion_tokens=generated,
+            seconds=time.perf_counter() - start,
+            first_token_seconds=None if first is None else first - start,
+        )
         return texts, scores
 
     def chat_batch(
@@ -567,8 +556,8 @@ class LocalLLM(LLM):
         config: GenerationConfig | None = None,
         prefixes: Sequence[str] | None = None,
     ) -> list[str]:
-        """Replies to several conversations in one left-padded ``generate`` call (the best beam
-        of each under beam search)."""
+        """Replies to several conversations, admitted together as rows of the shared batch (under
+        beam search, one left-padded ``generate`` call, the best beam of each)."""
         config = config or GenerationConfig()
         prefixes = check_prefixes(conversations, prefixes)
         prompts = [self._chat_ids(m, p) for m, p in zip(conversations, prefixes, strict=True)]
@@ -599,56 +588,37 @@ class LocalLLM(LLM):
         return self._run([ids], config or GenerationConfig())[0][0]
 
     def stream(self, messages: Messages, config: GenerationConfig | None = None) -> Iterator[str]:
-        """Text deltas from ``generate`` running in a thread; stopping early cancels it."""
+        """Text deltas of this request's row in the shared batch; stopping early cancels the row."""
         config = config or GenerationConfig()
-        if config.num_beams > 1:
+        if config.num_beams != 1:
             raise ValueError(
-                "stream() cannot beam-search; use chat or chat_beams for num_beams > 1"
+                f"stream() cannot beam-search (num_beams={config.num_beams}); use chat or "
+                "chat_beams for num_beams > 1"
             )
         prompt = self._chat_ids(messages)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        cancel = threading.Event()
-        result: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                result["ids"], _, result["first"] = self._generate_ids(
-                    [prompt], config, streamer, cancel
-                )
-            # Handed to the consumer below, which would otherwise wait for text forever.
-            except BaseException as err:
-                result["error"] = err
-                streamer.end()
-
-        with self._lock:
-            start = time.perf_counter()
-            thread = threading.Thread(target=work, name=f"stream-{self.name}", daemon=True)
-            thread.start()
-            stop_filter = _StopFilter(config.stop)
-            try:
-                for delta in streamer:
-                    text, stopped = stop_filter.push(delta)
-                    if text:
-                        yield text
-                    if stopped:
-                        break
-                else:
-                    if tail := stop_filter.flush():
-                        yield tail
-            finally:
-                cancel.set()
-                thread.join()
-                if "ids" in result:
-                    _, generated = self._decode(result["ids"], None)
-                    first = result["first"]
-                    self.last_usage = Usage(
-                        prompt_tokens=len(prompt),
-                        completion_tokens=generated,
-                        seconds=time.perf_counter() - start,
-                        first_token_seconds=None if first is None else first - start,
-                    )
-        if "error" in result:
-            raise result["error"]
+        start = time.perf_counter()
+        (request,) = self.batcher.submit([prompt], config)
+        stop_filter = _StopFilter(config.stop)
+        try:
+            for delta in detokenize(self.tokenizer, request.ids()):
+                text, stopped = stop_filter.push(delta)
+                if text:
+                    yield text
+                if stopped:
+                    break
+            else:
+                if tail := stop_filter.flush():
+                    yield tail
+        finally:
+            request.cancel()
+            request.wait()
+            first = request.first_token_at
+            self.last_usage = Usage(
+                prompt_tokens=len(prompt),
+                completion_tokens=len(request.generated),
+                seconds=time.perf_counter() - start,
+                first_token_seconds=None if first is None else first - start,
+            )
 
     # --- scoring and embeddings -------------------------------------------------------------
 
