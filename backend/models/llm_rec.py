@@ -428,6 +428,7 @@ class LLMRec(CRSModel):
         "the titles are fuzzy-matched to the catalog. Its reply only names the top movies."
     )
     config_class = LLMRecConfig
+    max_concurrency = 8  # concurrent requests share the local LLM's batch (backend/batching.py)
 
     def __init__(self, dataset: Dataset, config: LLMRecConfig | None = None):
         super().__init__(dataset, config)

@@ -58,6 +58,7 @@ class LLMZeroShot(CRSModel):
         "depends on the LLM's size."
     )
     config_class = LLMZeroShotConfig
+    max_concurrency = 8  # concurrent requests share the local LLM's batch (backend/batching.py)
 
     def __init__(self, dataset, config: LLMZeroShotConfig | None = None):
         super().__init__(dataset, config)
