@@ -1,51 +1,95 @@
-"""The Arena: one user turn goes to two models, both stream at once, the stakeholder votes.
+"""The Arena: each user turn goes to two models, both stream at once, the stakeholder votes.
 
-Round logic (pairing, sides, vote rules) is plain Python so it is tested without a browser; the
-Gradio tab at the bottom only wires it to widgets.
+Round logic (pairing, sides, vote rules) and the tab's actions (``Arena``: send, vote,
+regenerate, new round, export) are plain Python, so they are tested without a browser; the Gradio
+tab at the bottom only wires them to widgets.
+
+Vote hygiene (see ``db.vote_hygiene``): a voter is a per-browser id kept in the browser's local
+storage (or, without it, the page's session), capped at ``ArenaRules.daily_vote_cap`` votes a
+day; a round whose reply names its own model is stored with an "identity_leak" flag; voting opens
+after ``ArenaRules.min_user_turns`` user turns.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import gradio as gr
 from sqlalchemy.exc import OperationalError
 
 from app.cards import chat_messages, item_cards
-from backend.client import BackendClient, BackendError
+from backend.client import BackendClient, BackendError, RequestError, plain_message
+from backend.server import Health
 from backend.types import Dialogue, Reply, Turn
-from db.arena import AlreadyVoted, export_arena_round, record_vote
+from db.arena import AlreadyVoted, export_arena_round, record_vote, stored_battles
+from db.arena_pairing import draw_pair
+from db.turn_stats import turn_record
+from db.vote_hygiene import IDENTITY_LEAK, cap_reached, leaked_names
+
+__all__ = ["Arena", "ArenaRound", "ArenaRules", "Side", "build_arena_tab", "draw_pair"]
 
 log = logging.getLogger(__name__)
 VOTES = {"A better": "A", "B better": "B", "Tie": "tie", "Both bad": "both_bad"}
 # Said instead of a database error; the round stays open, so the same click can be repeated.
 BUSY_VOTE = "Your vote could not be saved just now because the database is busy. Please click it again in a few seconds."
+VOTED = "This round is voted; send a message to start a new round."
+ANSWERING = "Both models are answering…"
+_POLL_S = 0.2  # how often a waiting stream looks at the round's cancel flag
 
 
-def draw_pair(models: list[str], rng: random.Random) -> tuple[str, str]:
-    """Two different models in random order: (left, right). Blind mode's draw."""
-    if len(models) < 2:
-        raise ValueError(f"the arena needs two available models; the backend serves {len(models)}")
-    left, right = rng.sample(models, 2)
-    return left, right
+def _env_int(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r}: give a whole number of at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class ArenaRules:
+    """How the arena takes votes; ``from_env`` reads ``ARENA_DAILY_VOTE_CAP``, ``ARENA_MIN_TURNS``."""
+
+    daily_vote_cap: int = 50  # votes per voter in any 24 hours, as in Chatbot Arena's rate limits
+    min_user_turns: int = 1  # user messages before the vote buttons open
+
+    @classmethod
+    def from_env(cls) -> ArenaRules:
+        return cls(
+            daily_vote_cap=_env_int("ARENA_DAILY_VOTE_CAP", cls.daily_vote_cap, 1),
+            min_user_turns=_env_int("ARENA_MIN_TURNS", cls.min_user_turns, 1),
+        )
 
 
 @dataclass
 class Side:
     model: str
     version: str = ""
+    # Names the model goes by (served, registry, the reply's): saying one in a reply leaks it.
+    names: tuple[str, ...] = ()
     dialogue: Dialogue = field(default_factory=lambda: Dialogue(id="arena"))
     text: str = ""  # the reply streaming in
     reply: Reply | None = None  # the last finished reply, for the item cards
     done: bool = False
-    error: str = ""
+    error: str = ""  # in words for the visitor
+    records: list[dict[str, Any]] = field(default_factory=list)  # db.turn_stats, one per reply
+
+    def system_text(self) -> str:
+        return "\n".join(t.text for t in self.dialogue.turns if t.role == "system")
 
 
 @dataclass
@@ -58,16 +102,33 @@ class ArenaRound:
     round_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     vote: str | None = None
+    min_user_turns: int = 1
+    # Set by "New round": streams of this round stop and never redraw the page again. A plain
+    # bool (not a threading.Event) so that the round stays copyable like any Gradio state.
+    cancelled: bool = False
+
+    @property
+    def sides(self) -> tuple[Side, Side]:
+        return self.left, self.right
+
+    @property
+    def user_turns(self) -> int:
+        return sum(t.role == "user" for t in self.left.dialogue.turns)
+
+    @property
+    def turns_needed(self) -> int:
+        """User messages still needed before voting opens."""
+        return max(0, self.min_user_turns - self.user_turns)
 
     @property
     def can_vote(self) -> bool:
-        """Only once both replies finished without error, and only once per round."""
+        """Once both replies finished without error, after enough turns, and only once."""
         return (
             self.vote is None
-            and self.left.done
-            and self.right.done
-            and not (self.left.error or self.right.error)
+            and all(s.done and not s.error for s in self.sides)
             and bool(self.left.dialogue.turns)
+            and self.left.dialogue.turns[-1].role == "system"
+            and self.turns_needed == 0
         )
 
     def labels(self) -> tuple[str, str]:
@@ -75,6 +136,11 @@ class ArenaRound:
         if self.mode == "blind" and self.vote is None:
             return "Model A", "Model B"
         return f"Model A: {self.left.model}", f"Model B: {self.right.model}"
+
+    def flags(self) -> list[str]:
+        """Hygiene flags of the round: "identity_leak" when a reply names its own model."""
+        leaked = any(leaked_names(s.system_text(), s.names or (s.model,)) for s in self.sides)
+        return [IDENTITY_LEAK] if leaked else []
 
     def cast(self, engine, choice: str, session_id: str | None = None) -> None:
         """Store the vote ("A" = left panel) with both conversations; refuses a second vote."""
@@ -96,63 +162,319 @@ class ArenaRound:
             model_b_version=self.right.version,
             started_at=self.started_at,
             session_id=session_id,
+            flags=self.flags(),
+            turn_stats={"a": self.left.records, "b": self.right.records},
         )
         self.vote = choice
 
 
-def stream_both(client: BackendClient, round_: ArenaRound, user_id: str | None) -> Iterator[None]:
-    """Run both sides' streams in threads; yield after every delta so the UI redraws both panels."""
+def stream_both(
+    client: BackendClient,
+    round_: ArenaRound,
+    user_id: str | None,
+    is_known: Callable[[str], bool | None] | None = None,
+) -> Iterator[None]:
+    """Run both sides' streams in threads; yield after every delta so the UI redraws both panels.
+
+    Stops, without yielding again, as soon as ``round_.cancelled`` is set: a cancelled round's
+    late deltas must not redraw a page that has moved on to a new round.
+    """
     events: queue.Queue[tuple[Side, str | Reply | Exception | None]] = queue.Queue()
 
     def pump(side: Side) -> None:
         try:
             for part in client.stream(side.model, side.dialogue, user_id=user_id):
+                if round_.cancelled:
+                    break  # leaving the loop closes the HTTP stream
                 events.put((side, part))
         except BackendError as err:
             events.put((side, err))
         events.put((side, None))
 
-    sides = [round_.left, round_.right]
-    for side in sides:
+    started = time.monotonic()
+    before = {id(side): side.dialogue.model_copy(deep=True) for side in round_.sides}
+    for side in round_.sides:
         side.text, side.reply, side.done, side.error = "", None, False, ""
         threading.Thread(target=pump, args=(side,), daemon=True).start()
     finished = 0
-    while finished < len(sides):
-        side, part = events.get()
+    while finished < len(round_.sides):
+        try:
+            side, part = events.get(timeout=_POLL_S)
+        except queue.Empty:
+            if round_.cancelled:
+                return
+            continue
+        if round_.cancelled:
+            return
         if part is None:
             finished += 1
             side.done = True
         elif isinstance(part, Exception):
-            side.error = str(part)
+            log.warning("arena model %s failed: %s", side.model, part)
+            side.error = plain_message(part) if isinstance(part, BackendError) else str(part)
         elif isinstance(part, Reply):
+            items = part.item_ids[:10]
             side.text, side.reply = part.text, part
-            side.dialogue.turns.append(
-                Turn(role="system", text=part.text, items=part.item_ids[:10])
+            side.names = tuple(dict.fromkeys((*side.names, part.model)))
+            side.records.append(
+                turn_record(
+                    before[id(side)],
+                    part.text,
+                    items,
+                    latency_s=time.monotonic() - started,
+                    model_s=part.seconds,
+                    tokens=part.completion_tokens,
+                    is_known=is_known,
+                )
             )
+            side.dialogue.turns.append(Turn(role="system", text=part.text, items=items))
         else:
             side.text += part
         yield
 
 
 def start_round(
-    client: BackendClient, mode: str, model_a: str | None, model_b: str | None, rng: random.Random
+    client: BackendClient,
+    mode: str,
+    model_a: str | None,
+    model_b: str | None,
+    rng: random.Random,
+    battles: list[tuple[str, str, str]] | None = None,
+    min_user_turns: int = 1,
 ) -> ArenaRound:
-    """A new round: named mode uses the picked models, blind mode draws a pair with random sides."""
+    """A new round: named mode uses the picked models, blind mode draws a pair with random sides.
+
+    Blind pairs are drawn by ``db.arena_pairing.draw_pair`` from ``battles`` (the stored history).
+    """
     infos = {m.name: m for m in client.models() if m.status == "ready"}
     if mode == "named":
         if not model_a or not model_b or model_a == model_b:
-            raise ValueError("pick two different models for a named round")
+            raise ValueError("Pick two different models for a named round.")
         missing = [m for m in (model_a, model_b) if m not in infos]
         if missing:
-            raise ValueError(f"not available on the backend: {', '.join(missing)}")
+            raise ValueError(f"Not available right now: {', '.join(missing)}. Pick another model.")
         left, right = model_a, model_b
     else:
-        left, right = draw_pair(sorted(infos), rng)
-    return ArenaRound(
-        left=Side(model=left, version=infos[left].version),
-        right=Side(model=right, version=infos[right].version),
-        mode=mode,
-    )
+        if len(infos) < 2:
+            raise ValueError("The arena needs two models and fewer are ready right now.")
+        left, right = draw_pair(sorted(infos), rng, battles or [])
+
+    def side(name: str) -> Side:
+        info = infos[name]
+        return Side(model=name, version=info.version, names=tuple({name, info.model}))
+
+    return ArenaRound(left=side(left), right=side(right), mode=mode, min_user_turns=min_user_turns)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _keep_chatting(round_: ArenaRound) -> str:
+    return f"Keep chatting: {_plural(round_.turns_needed, 'more message')} before you can vote."
+
+
+def _failure(round_: ArenaRound) -> str:
+    """Which sides failed and why, in the visitor's words ("" when none did)."""
+    failed = [(n, s.error) for n, s in (("A", round_.left), ("B", round_.right)) if s.error]
+    if len(failed) == 2 and failed[0][1] == failed[1][1]:
+        return f"Both models failed: {failed[0][1]}"
+    return " ".join(f"Model {n} failed: {e}" for n, e in failed)
+
+
+def _ready_status(round_: ArenaRound) -> str:
+    return _keep_chatting(round_) if round_.turns_needed else "Vote when ready."
+
+
+@dataclass
+class _Snapshot:
+    """A side as it stood before a message, to put back when the message fails."""
+
+    turns: int
+    reply: Reply | None
+    records: int
+
+
+class Arena:
+    """The Arena tab's actions, without widgets: each yields or returns what the view shows."""
+
+    def __init__(
+        self,
+        client: BackendClient,
+        engine,
+        rules: ArenaRules | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.client, self.engine = client, engine
+        self.rules = rules or ArenaRules()
+        self.rng = rng or random.Random()
+        self._health: Health | None = None
+        self._known: dict[str, bool | None] = {}
+
+    # ------------------------------------------------------------------ helpers
+
+    def limits(self) -> Health | None:
+        """The backend's request limits, asked once (None while it does not answer)."""
+        if self._health is None:
+            try:
+                self._health = self.client.health()
+            except BackendError as err:
+                log.warning("arena: backend health not available: %s", err)
+        return self._health
+
+    def is_known(self, item_id: str) -> bool | None:
+        """Whether the backend's catalog has ``item_id`` (None: could not tell); cached."""
+        if item_id not in self._known:
+            try:
+                self.client.item(item_id)
+                self._known[item_id] = True
+            except RequestError as err:
+                self._known[item_id] = False if err.status_code == 404 else None
+            except BackendError:
+                return None
+        return self._known[item_id]
+
+    def _new_round(self, mode: str, a: str | None, b: str | None) -> ArenaRound:
+        battles = stored_battles(self.engine) if mode == "blind" else []
+        return start_round(
+            self.client, mode, a, b, self.rng, battles, min_user_turns=self.rules.min_user_turns
+        )
+
+    def _too_long(self, message: str, round_: ArenaRound | None) -> str:
+        """Why ``message`` cannot be sent to ``round_`` ("" if it can), from the backend's limits."""
+        limits = self.limits()
+        if limits is None:
+            return ""
+        if len(message) > limits.max_message_chars:
+            return f"Message too long: {limits.max_message_chars:,} characters at most."
+        turns = len(round_.left.dialogue.turns) if round_ and round_.vote is None else 0
+        if turns + 1 > limits.max_turns:
+            return "This conversation is at its length limit. Start a new round to go on."
+        return ""
+
+    # ------------------------------------------------------------------ actions
+
+    def send(
+        self, round_: ArenaRound | None, message: str, mode: str, a: str | None, b: str | None
+    ) -> Iterator[tuple[ArenaRound | None, str, str | None]]:
+        """Yields ``(round, status, textbox)``; textbox None leaves the box as it is.
+
+        The typed text is cleared while both models answer and put back if the message fails,
+        in which case it is also taken out of both dialogues (so the next message can succeed).
+        """
+        message = (message or "").strip()
+        if not message:
+            yield round_, "Type a message first.", None
+            return
+        if reason := self._too_long(message, round_):
+            yield round_, reason, None
+            return
+        if round_ is None or round_.vote is not None or round_.cancelled:
+            try:
+                round_ = self._new_round(mode, a, b)
+            except BackendError as err:
+                log.warning("arena: cannot start a round: %s", err)
+                yield None, plain_message(err), None
+                return
+            except ValueError as err:
+                yield None, str(err), None
+                return
+        snapshots = [
+            _Snapshot(len(s.dialogue.turns), s.reply, len(s.records)) for s in round_.sides
+        ]
+        for side in round_.sides:
+            side.dialogue.turns.append(Turn(role="user", text=message))
+        yield round_, ANSWERING, ""
+        for _ in stream_both(self.client, round_, None, self.is_known):
+            yield round_, ANSWERING, None
+        if round_.cancelled:
+            return
+        failure = _failure(round_)
+        if failure:
+            for side, snapshot in zip(round_.sides, snapshots, strict=True):
+                del side.dialogue.turns[snapshot.turns :]
+                del side.records[snapshot.records :]
+                side.reply, side.text, side.error, side.done = snapshot.reply, "", "", True
+            yield (
+                round_,
+                f"{failure} Your message was not added; edit it or send it again.",
+                message,
+            )
+            return
+        yield round_, _ready_status(round_), None
+
+    def vote(
+        self, round_: ArenaRound | None, choice: str, voter: str | None
+    ) -> tuple[ArenaRound | None, str]:
+        """Cast ``choice`` for ``voter`` (a per-browser id) if the round and the cap allow it."""
+        if round_ is None:
+            return None, "Start a round first: send a message."
+        if round_.vote is not None:
+            return round_, VOTED
+        if not round_.can_vote:
+            if round_.turns_needed and not _failure(round_):
+                return round_, _keep_chatting(round_)
+            return round_, "Voting opens when both replies have finished without an error."
+        try:
+            if voter and cap_reached(
+                self.engine, voter, self.rules.daily_vote_cap, datetime.now(UTC)
+            ):
+                return round_, (
+                    f"You have cast {self.rules.daily_vote_cap} votes in the last 24 hours, the "
+                    "most we take from one browser. Thank you! You can keep chatting."
+                )
+            round_.cast(self.engine, choice, session_id=voter)
+        except (AlreadyVoted, ValueError) as err:
+            log.warning("arena vote refused: %s", err)
+            return round_, "This round was already voted. Send a message to start a new round."
+        except OperationalError:
+            log.exception("vote of round %s not stored", round_.round_id)
+            return round_, BUSY_VOTE
+        return round_, (
+            f"Thanks! You voted **{choice}**. Model A was **{round_.left.model}**, "
+            f"Model B was **{round_.right.model}**."
+        )
+
+    def regenerate(self, round_: ArenaRound | None) -> Iterator[tuple[ArenaRound | None, str]]:
+        """Both models answer the last user message again (the round must not be voted)."""
+        if round_ is None or not round_.left.dialogue.turns:
+            yield round_, "Nothing to regenerate yet: send a message first."
+            return
+        if round_.vote is not None:
+            yield round_, VOTED
+            return
+        for side in round_.sides:
+            if side.dialogue.turns[-1].role == "system":
+                side.dialogue.turns.pop()
+                if side.records:
+                    side.records.pop()
+        yield round_, "Regenerating…"
+        for _ in stream_both(self.client, round_, None, self.is_known):
+            yield round_, "Regenerating…"
+        if round_.cancelled:
+            return
+        failure = _failure(round_)
+        if failure:
+            yield round_, f"{failure} Click Regenerate to try again, or start a new round."
+            return
+        yield round_, _ready_status(round_)
+
+    @staticmethod
+    def new_round(round_: ArenaRound | None) -> tuple[None, str]:
+        """Drop the round; its replies still streaming stop and never redraw the page."""
+        if round_ is not None:
+            round_.cancelled = True
+        return None, "New round: send a message."
+
+    def export(self, round_: ArenaRound | None) -> tuple[ArenaRound | None, str]:
+        if round_ is None or round_.vote is None:
+            return round_, "Vote first, then export the round."
+        try:
+            task = export_arena_round(self.engine, round_.round_id)
+        except (LookupError, ValueError) as err:
+            log.warning("arena round %s not exported: %s", round_.round_id, err)
+            return round_, "This round cannot be queued for annotation."
+        return round_, f"Queued as pairwise annotation task #{task.id} in campaign “arena”."
 
 
 # ----------------------------------------------------------------------------- Gradio tab
@@ -167,10 +489,21 @@ def _messages(side: Side) -> list[dict[str, str]]:
     return shown
 
 
-def build_arena_tab(client: BackendClient, engine, model_names: list[str]) -> None:
+def _voter(visitor: str | None, request: gr.Request | None) -> str:
+    """The per-browser voter id: the stored one, else a new one (the page stores it)."""
+    if visitor:
+        return visitor
+    return uuid.uuid4().hex if request is None or not request.session_hash else request.session_hash
+
+
+def build_arena_tab(
+    client: BackendClient, engine, model_names: list[str], rules: ArenaRules | None = None
+) -> None:
     """The Arena tab: mode, model pickers, two chat panels, votes, regenerate, new round, export."""
-    rng = random.Random()
+    arena = Arena(client, engine, rules or ArenaRules.from_env())
     state = gr.State(None)
+    # A per-browser id in local storage: the daily vote cap counts per browser, not per page load.
+    visitor = gr.BrowserState(None, storage_key="crs-arena-visitor")
     with gr.Row():
         mode = gr.Radio(["blind", "named"], value="blind", label="Mode", elem_id="arena-mode")
         pick_a = gr.Dropdown(
@@ -218,7 +551,7 @@ def build_arena_tab(client: BackendClient, engine, model_names: list[str]) -> No
             # No scores: their scale (counts vs cosines) would give a blind pair away.
             *(
                 item_cards(s.reply, {}, top=5, scores=False) if s.reply else ""
-                for s in (round_.left, round_.right)
+                for s in round_.sides
             ),
             *[gr.update(interactive=round_.can_vote)] * len(VOTES),
             message,
@@ -228,73 +561,33 @@ def build_arena_tab(client: BackendClient, engine, model_names: list[str]) -> No
     outputs = [state, chat_a, chat_b, items_a, items_b, *vote_buttons, status, export]
 
     def on_send(message: str, round_: ArenaRound | None, mode_: str, a: str | None, b: str | None):
-        message = (message or "").strip()
-        if not message:
-            yield view(round_, "Type a message first.")
-            return
-        try:
-            if round_ is None or round_.vote is not None:
-                round_ = start_round(client, mode_, a, b, rng)
-        except (ValueError, BackendError) as err:
-            yield view(round_, f"**Cannot start a round:** {err}")
-            return
-        for side in (round_.left, round_.right):
-            side.dialogue.turns.append(Turn(role="user", text=message))
-        yield view(round_, "Both models are answering…")
-        for _ in stream_both(client, round_, None):
-            yield view(round_, "Both models are answering…")
-        errors = [
-            f"{name}: {s.error}" for name, s in (("A", round_.left), ("B", round_.right)) if s.error
-        ]
-        yield view(
-            round_,
-            "One side failed, so this round cannot be voted: " + "; ".join(errors)
-            if errors
-            else "Vote when ready.",
-        )
+        for shown, status_line, box in arena.send(round_, message, mode_, a, b):
+            yield [*view(shown, status_line), gr.skip() if box is None else box]
 
     def on_vote(choice: str):
-        def handler(round_: ArenaRound | None):
-            if round_ is None:
-                return view(None, "Start a round first.")
-            try:
-                round_.cast(engine, choice, session_id=round_.round_id)
-            except (AlreadyVoted, ValueError) as err:
-                return view(round_, f"**Vote refused:** {err}")
-            except OperationalError:
-                log.exception("vote of round %s not stored", round_.round_id)
-                return view(round_, BUSY_VOTE)
-            return view(
-                round_,
-                f"Thanks! You voted **{choice}**. Model A was **{round_.left.model}**, Model B was **{round_.right.model}**.",
-            )
+        def handler(round_: ArenaRound | None, visitor_id: str | None, request: gr.Request):
+            voter = _voter(visitor_id, request)
+            return [*view(*arena.vote(round_, choice, voter)), voter]
 
         return handler
 
     def on_regenerate(round_: ArenaRound | None):
-        if round_ is None or round_.vote is not None or not round_.left.dialogue.turns:
-            yield view(round_, "Nothing to regenerate in an unvoted round.")
-            return
-        for side in (round_.left, round_.right):
-            if side.dialogue.turns[-1].role == "system":
-                side.dialogue.turns.pop()
-        for _ in stream_both(client, round_, None):
-            yield view(round_, "Regenerating…")
-        yield view(round_, "Vote when ready.")
+        for shown, status_line in arena.regenerate(round_):
+            yield view(shown, status_line)
 
-    def on_export(round_: ArenaRound | None):
-        if round_ is None or round_.vote is None:
-            return view(round_, "Vote first, then export the round.")
-        task = export_arena_round(engine, round_.round_id)
-        return view(round_, f"Queued as pairwise annotation task #{task.id} in campaign “arena”.")
-
+    send_inputs = [text, state, mode, pick_a, pick_b]
     mode.change(lambda m: [gr.update(visible=m == "named")] * 2, mode, [pick_a, pick_b])
-    send.click(on_send, [text, state, mode, pick_a, pick_b], outputs, api_name="arena_send").then(
-        lambda: "", None, text
-    )
-    text.submit(on_send, [text, state, mode, pick_a, pick_b], outputs).then(lambda: "", None, text)
+    sending = send.click(on_send, send_inputs, [*outputs, text], api_name="arena_send")
+    submitting = text.submit(on_send, send_inputs, [*outputs, text])
     for button, code in zip(vote_buttons, VOTES.values(), strict=True):
-        button.click(on_vote(code), state, outputs, api_name=f"arena_vote_{code}")
-    regenerate.click(on_regenerate, state, outputs)
-    new_round.click(lambda: view(None, "New round: send a message."), None, outputs)
-    export.click(on_export, state, outputs, api_name="arena_export")
+        button.click(
+            on_vote(code), [state, visitor], [*outputs, visitor], api_name=f"arena_vote_{code}"
+        )
+    regenerating = regenerate.click(on_regenerate, state, outputs)
+    new_round.click(
+        lambda r: view(*arena.new_round(r)),
+        state,
+        outputs,
+        cancels=[sending, submitting, regenerating],
+    )
+    export.click(lambda r: view(*arena.export(r)), state, outputs, api_name="arena_export")
