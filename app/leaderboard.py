@@ -1,45 +1,54 @@
-"""The Leaderboard: Bradley–Terry ratings from blind arena votes, with bootstrap intervals."""
+"""The Leaderboard: Bradley–Terry ratings from blind arena votes, with bootstrap intervals.
+
+Votes with an identity leak and all votes of voters the sequential check flags are left out
+(``db.vote_hygiene``) and counted in the summary. Options pick the vote sources (live arena,
+imported CRSArena-Dial, simulated) and style control (``db.ranking``: ratings adjusted for reply
+length and number of items). The tab fills itself on every page load.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Sequence
+
 import gradio as gr
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
-from db.arena import list_votes, votes_to_battles
-from db.ranking import bootstrap_ratings, vote_counts, win_rate_matrix
+from db.arena import SOURCES, list_votes, votes_to_battles, votes_to_style
+from db.ranking import bootstrap_ratings, style_covariates, vote_counts, win_rate_matrix
+from db.schema import ArenaVote
+from db.session import session_scope
+from db.vote_hygiene import clean_votes
 
+log = logging.getLogger(__name__)
+BUSY = "The database is busy right now. Click Refresh in a few seconds."
 BOOTSTRAP_ROUNDS = 200  # enough for stable 95% intervals at demo scale, fast on refresh
 # A weak Gaussian prior on log-strengths (sd ~3): a model with one won vote gets ~+190, not +2000;
 # with hundreds of votes it moves ratings by well under a point.
 PRIOR_L2 = 0.1
 PROVISIONAL_VOTES = 20  # below this many votes a model's rating is flagged as provisional
+SOURCE_LABELS = {
+    "arena": "Live arena votes",
+    "crsarena-dial": "Imported (CRSArena-Dial)",
+    "simulated": "Simulated",
+}
+# Human votes by default; simulated battles are shown on request, marked as such.
+DEFAULT_SOURCES = ("arena", "crsarena-dial")
+TABLE_COLUMNS = ["model", "rating", "95% CI", "votes"]
+
+Result = tuple[pd.DataFrame, go.Figure | None, go.Figure | None, str]
 
 
-def leaderboard(engine) -> tuple[pd.DataFrame, go.Figure | None, go.Figure | None, str]:
-    """Ratings table, rating chart, win-rate heatmap and a one-line summary from blind votes."""
-    battles = votes_to_battles(list_votes(engine, blind_only=True))
-    if not battles:
-        return (
-            pd.DataFrame(columns=["model", "rating", "95% CI", "votes"]),
-            None,
-            None,
-            ("No blind votes yet: play a few blind rounds in the Arena tab."),
-        )
-    ratings = bootstrap_ratings(battles, n=BOOTSTRAP_ROUNDS, seed=0, l2=PRIOR_L2)
-    counts = vote_counts(battles)
-    rows = sorted(ratings.items(), key=lambda kv: -kv[1][0])
-    table = pd.DataFrame(
-        [
-            {
-                "model": model,
-                "rating": round(r, 1),
-                "95% CI": f"{lo:.0f} – {hi:.0f}",
-                "votes": int(counts.loc[model, "battles"]) if model in counts.index else 0,
-            }
-            for model, (r, lo, hi) in rows
-        ]
-    )
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _rating_chart(rows: list[tuple[str, tuple[float, float, float]]], title: str) -> go.Figure:
     chart = go.Figure(
         go.Scatter(
             x=[m for m, _ in rows],
@@ -53,40 +62,161 @@ def leaderboard(engine) -> tuple[pd.DataFrame, go.Figure | None, go.Figure | Non
             mode="markers",
         )
     )
-    chart.update_layout(
-        title="Bradley–Terry rating (95% bootstrap CI)", height=320, margin=dict(t=40, b=10)
-    )
+    chart.update_layout(title=title, height=320, margin=dict(t=40, b=10))
+    return chart
+
+
+def win_rate_heatmap(battles: Sequence[tuple[str, str, str]]) -> go.Figure:
+    """Row model's share of points against the column model, numbers in the cells.
+
+    Pairs that never met are blank cells marked "–" (not 0.5, which would claim an even record).
+    """
     wins = win_rate_matrix(battles)
+    values = wins.to_numpy(dtype=float)
+    met = ~np.isnan(values)
+    text = np.where(met, np.vectorize(lambda v: f"{v:.2f}")(np.nan_to_num(values)), "–")
+    np.fill_diagonal(text, "")
     heatmap = go.Figure(
         go.Heatmap(
-            z=wins.values,
+            z=np.where(met, values, None).tolist(),  # None: a gap, no colour
             x=list(wins.columns),
             y=list(wins.index),
+            text=text.tolist(),
+            texttemplate="%{text}",
             zmin=0,
             zmax=1,
             colorscale="RdBu",
+            hoverongaps=False,
         )
     )
     heatmap.update_layout(
-        title="Win rate of row model vs column model", height=320, margin=dict(t=40, b=10)
+        title="Win rate of row model vs column model (– never met)",
+        height=320,
+        margin=dict(t=40, b=10),
     )
-    summary = f"{len(battles)} blind vote{'' if len(battles) == 1 else 's'}."
+    return heatmap
+
+
+def _summary(votes: list[ArenaVote], cleaned, style_control: bool, table: pd.DataFrame) -> str:
+    by_source = pd.Series([v.source for v in votes]).value_counts()
+    parts = ", ".join(f"{SOURCE_LABELS.get(s, s).lower()}: {n}" for s, n in by_source.items())
+    summary = f"{_plural(len(cleaned.kept), 'blind vote')}. From {parts}."
+    dropped = []
+    if cleaned.leaks:
+        dropped.append(f"{cleaned.leaks} where a reply named its own model")
+    if cleaned.flagged_votes:
+        dropped.append(
+            f"{cleaned.flagged_votes} from {_plural(len(cleaned.flagged_voters), 'voter')} whose "
+            "votes look random or adversarial"
+        )
+    if dropped:
+        summary += " Left out: " + "; ".join(dropped) + "."
+    if style_control:
+        summary += " Style control on: ratings are adjusted for reply length and number of items."
     if (table["votes"] < PROVISIONAL_VOTES).any():
         summary += f" Ratings of models with fewer than {PROVISIONAL_VOTES} votes are provisional."
-    return table, chart, heatmap, summary
+    return summary
+
+
+def leaderboard(
+    engine, *, style_control: bool = False, sources: Sequence[str] = DEFAULT_SOURCES
+) -> Result:
+    """Ratings table, rating chart, win-rate heatmap and a summary from the chosen blind votes."""
+    votes = list_votes(engine, blind_only=True, sources=list(sources))
+    cleaned = clean_votes(votes)
+    battles = votes_to_battles(cleaned.kept)
+    if not battles:
+        message = "No blind votes yet: play a few blind rounds in the Arena tab."
+        if votes:
+            message = "Every vote of these sources was left out (identity leaks, flagged voters)."
+        elif not sources:
+            message = "Pick at least one source of votes."
+        return pd.DataFrame(columns=TABLE_COLUMNS), None, None, message
+    style = style_covariates(*votes_to_style(cleaned.kept)) if style_control else None
+    ratings = bootstrap_ratings(battles, n=BOOTSTRAP_ROUNDS, seed=0, l2=PRIOR_L2, style=style)
+    counts = vote_counts(battles)
+    rows = sorted(ratings.items(), key=lambda kv: -kv[1][0])
+    table = pd.DataFrame(
+        [
+            {
+                "model": model,
+                "rating": round(r, 1),
+                "95% CI": f"{lo:.0f} – {hi:.0f}",
+                "votes": int(counts.loc[model, "battles"]) if model in counts.index else 0,
+            }
+            for model, (r, lo, hi) in rows
+        ],
+        columns=TABLE_COLUMNS,
+    )
+    title = "Bradley–Terry rating (95% bootstrap CI)" + (
+        ", style-controlled" if style_control else ""
+    )
+    return (
+        table,
+        _rating_chart(rows, title),
+        win_rate_heatmap(battles),
+        _summary(votes, cleaned, style_control, table),
+    )
+
+
+class _Cache:
+    """The last leaderboards by (options, votes stored): a page load asks four times at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._results: dict[tuple, Result] = {}
+
+    def get(self, engine, style_control: bool, sources: Sequence[str]) -> Result:
+        try:
+            with session_scope(engine, write=False) as session:
+                stamp = session.execute(
+                    select(func.count(ArenaVote.id), func.max(ArenaVote.id))
+                ).one()
+            key = (id(engine), style_control, tuple(sorted(sources)), tuple(stamp))
+            with self._lock:  # one computation per key, though a page load asks four times
+                if key not in self._results:
+                    result = leaderboard(engine, style_control=style_control, sources=sources)
+                    self._results = {key: result}
+                return self._results[key]
+        except OperationalError:
+            log.exception("leaderboard not computed")
+            return pd.DataFrame(columns=TABLE_COLUMNS), None, None, BUSY
 
 
 def build_leaderboard_tab(engine) -> None:
-    """Leaderboard tab: refresh button, ratings table and charts."""
-    refresh = gr.Button("Refresh", elem_id="leaderboard-refresh")
-    summary = gr.Markdown(elem_id="leaderboard-summary")
-    table = gr.Dataframe(label="Ratings", interactive=False, elem_id="leaderboard-table")
+    """Leaderboard tab: sources, style control, refresh; table and charts filled on page load."""
+    cache = _Cache()
+
+    def initial(index: int):
+        return lambda: cache.get(engine, False, DEFAULT_SOURCES)[index]
+
     with gr.Row():
-        chart = gr.Plot(label="Ratings")
-        heatmap = gr.Plot(label="Win rates")
+        sources = gr.CheckboxGroup(
+            [(label, code) for code, label in SOURCE_LABELS.items() if code in SOURCES],
+            value=list(DEFAULT_SOURCES),
+            label="Votes",
+            elem_id="leaderboard-sources",
+        )
+        style = gr.Checkbox(
+            value=False,
+            label="Style control",
+            info="Adjust ratings for reply length and number of items.",
+            elem_id="leaderboard-style",
+        )
+        refresh = gr.Button("Refresh", elem_id="leaderboard-refresh")
+    # Callable values are evaluated on every page load, so the tab is never empty.
+    summary = gr.Markdown(initial(3), elem_id="leaderboard-summary")
+    table = gr.Dataframe(
+        initial(0), label="Ratings", interactive=False, elem_id="leaderboard-table"
+    )
+    with gr.Row():
+        chart = gr.Plot(initial(1), label="Ratings")
+        heatmap = gr.Plot(initial(2), label="Win rates")
 
-    def show():
-        t, c, h, s = leaderboard(engine)
-        return t, c, h, s
+    def show(style_control: bool, chosen: list[str]):
+        return cache.get(engine, bool(style_control), chosen or [])
 
-    refresh.click(show, None, [table, chart, heatmap, summary], api_name="leaderboard")
+    outputs = [table, chart, heatmap, summary]
+    refresh.click(show, [style, sources], outputs, api_name="leaderboard")
+    style.change(show, [style, sources], outputs)
+    sources.change(show, [style, sources], outputs)
