@@ -36,8 +36,6 @@ from db.arena_pairing import draw_pair
 from db.turn_stats import turn_record
 from db.vote_hygiene import IDENTITY_LEAK, cap_reached, leaked_names
 
-__all__ = ["Arena", "ArenaRound", "ArenaRules", "Side", "build_arena_tab", "draw_pair"]
-
 log = logging.getLogger(__name__)
 VOTES = {"A better": "A", "B better": "B", "Tie": "tie", "Both bad": "both_bad"}
 # Said instead of a database error; the round stays open, so the same click can be repeated.
@@ -179,7 +177,7 @@ def stream_both(
     Stops, without yielding again, as soon as ``round_.cancelled`` is set: a cancelled round's
     late deltas must not redraw a page that has moved on to a new round.
     """
-    events: queue.Queue[tuple[Side, str | Reply | Exception | None]] = queue.Queue()
+    events: queue.Queue[tuple[Side, str | Reply | BackendError | None]] = queue.Queue()
 
     def pump(side: Side) -> None:
         try:
@@ -209,9 +207,9 @@ def stream_both(
         if part is None:
             finished += 1
             side.done = True
-        elif isinstance(part, Exception):
+        elif isinstance(part, BackendError):
             log.warning("arena model %s failed: %s", side.model, part)
-            side.error = plain_message(part) if isinstance(part, BackendError) else str(part)
+            side.error = plain_message(part)
         elif isinstance(part, Reply):
             items = part.item_ids[:10]
             side.text, side.reply = part.text, part
@@ -420,8 +418,8 @@ class Arena:
                 self.engine, voter, self.rules.daily_vote_cap, datetime.now(UTC)
             ):
                 return round_, (
-                    f"You have cast {self.rules.daily_vote_cap} votes in the last 24 hours, the "
-                    "most we take from one browser. Thank you! You can keep chatting."
+                    f"You have cast {_plural(self.rules.daily_vote_cap, 'vote')} in the last 24 "
+                    "hours, the most we take from one browser. Thank you! You can keep chatting."
                 )
             round_.cast(self.engine, choice, session_id=voter)
         except (AlreadyVoted, ValueError) as err:

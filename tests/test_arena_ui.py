@@ -180,7 +180,7 @@ def test_daily_vote_cap_refuses_in_plain_words(engine):
     second, _, _ = _send(arena, first, "again")  # a voted round: this starts a new one
     assert second is not first
     _, status = arena.vote(second, "A", "browser-1")
-    assert "1 votes in the last 24 hours" in status and second.vote is None
+    assert "1 vote in the last 24 hours" in status and second.vote is None
     assert arena.vote(second, "B", "browser-2")[1].startswith("Thanks!")
 
 

@@ -237,3 +237,32 @@ def test_turn_stats_flags_and_source_are_stored(engine):
     assert list_votes(engine, sources=["arena"]) == []
     with pytest.raises(ValueError, match="`source`"):
         _store(engine, "r2", "a", "b", source="elsewhere")
+
+
+# --- migration 0003 ----------------------------------------------------------------------------
+
+
+def test_upgrading_a_0002_database_keeps_its_votes_as_live_unflagged_ones(tmp_path):
+    from alembic import command
+    from sqlalchemy import text
+
+    from db.session import alembic_config, get_engine
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = get_engine(url)
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+        connection.execute(
+            text(
+                "INSERT INTO arena_votes (round_id, mode, model_a, model_a_version, model_b, "
+                "model_b_version, left_model, vote, conversation_a, conversation_b, voted_at, "
+                "session_id) VALUES ('r1', 'blind', 'a', '', 'b', '', 'a', 'A', '{}', '{}', "
+                "'2026-11-01 00:00:00', 's1')"
+            )
+        )
+    init_db(url)  # 0002 -> head with the vote in place
+    (vote,) = list_votes(engine)
+    assert (vote.source, vote.flags, vote.turn_stats) == ("arena", [], None)
+    assert stored_battles(engine) == [("a", "b", "A")]
