@@ -345,7 +345,8 @@ class Arena:
             return ""
         if len(message) > limits.max_message_chars:
             return f"Message too long: {limits.max_message_chars:,} characters at most."
-        turns = len(round_.left.dialogue.turns) if round_ and round_.vote is None else 0
+        ongoing = round_ is not None and round_.vote is None and not round_.cancelled
+        turns = len(round_.left.dialogue.turns) if ongoing else 0
         if turns + 1 > limits.max_turns:
             return "This conversation is at its length limit. Start a new round to go on."
         return ""

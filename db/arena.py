@@ -3,6 +3,8 @@
 A round is one user turn answered by two models; the stakeholder's vote names the screen side
 ("A" = the model shown on the left). Votes feed the leaderboard (``db.ranking``) through
 ``votes_to_battles``, and a round can be queued for careful annotation with ``export_arena_round``.
+A vote records its ``source`` (this demo, an import, a simulation), hygiene ``flags`` (see
+``db.vote_hygiene``) and per-turn records (``db.turn_stats``).
 """
 
 from __future__ import annotations
