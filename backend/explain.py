@@ -54,12 +54,16 @@ _WORD = {w: re.compile(rf"\b{re.escape(w)}\b", re.IGNORECASE) for w in GENRE_WOR
 _DECADE = re.compile(r"\b(?:19|20)?(\d)0'?s\b")
 
 
+def genre_mentions(text: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(word, the genres it means) for each genre word in the text."""
+    return [(word, GENRE_WORDS[word]) for word, pattern in _WORD.items() if pattern.search(text)]
+
+
 def asked_genres(text: str) -> list[str]:
-    """Genre names the text asks for, in catalog spelling, first mention first."""
+    """Genre names the text asks for, in catalog spelling."""
     found: dict[str, None] = {}
-    for word, pattern in _WORD.items():
-        if pattern.search(text):
-            found.update(dict.fromkeys(GENRE_WORDS[word]))
+    for _, genres in genre_mentions(text):
+        found.update(dict.fromkeys(genres))
     return list(found)
 
 

@@ -2,6 +2,7 @@ import pytest
 
 from backend.catalog import Catalog
 from backend.mentions import candidate_titles, link_user_turn, match_titles
+from backend.models.llm_zero_shot import checked_clause
 from backend.registry import create_model
 from backend.types import Dialogue, Item, Reply, Turn
 from tests.conftest import make_items
@@ -37,8 +38,58 @@ def test_user_turns_get_linked_items_once():
 
 
 @pytest.mark.timeout(300)
-def test_llm_zero_shot_runs_smollm2_for_real(tiny_dataset):
-    model = create_model("llm-zero-shot", tiny_dataset, {"max_new_tokens": 40})
+def test_llm_zero_shot_chooses_among_catalog_items_and_names_its_choice(tiny_dataset):
+    """The grounded default, with the real SmolLM2 and MiniLM: the LLM scores retrieved items and
+    writes about the one it chose; the text names it and never the film the user mentioned."""
+    model = create_model("llm-zero-shot", tiny_dataset)
+    dialogue = Dialogue(
+        id="x",
+        turns=[Turn(role="user", text="Recommend me a crime movie like Heat (1995).", items=["1"])],
+    )
+    parts = list(model.stream(dialogue))
+    reply = parts[-1]
+    assert isinstance(reply, Reply)
+    assert "".join(parts[:-1]) == reply.text
+    assert reply.items and all(i.item_id in tiny_dataset.catalog for i in reply.items)
+    assert "1" not in reply.item_ids
+    assert reply.text.startswith(f"I'd suggest {reply.items[0].title}.")
+    assert "Recommend me a crime movie" not in reply.text  # never echoes the user
+    assert [s.name for s in reply.trace] == ["retrieve", "LLM choice", "write"]
+    crime = [i for i in reply.items if "Crime" in tiny_dataset.catalog[i.item_id].genres]
+    assert crime and all("crime, as you asked" in i.why.lower() for i in crime)  # the cards' why
+
+
+def test_a_greeting_gets_a_question_back_with_popular_items(tiny_dataset):
+    model = create_model("llm-zero-shot", tiny_dataset)
+    reply = model.respond(Dialogue(id="x", turns=[Turn(role="user", text="hi there!")]))
+    assert "What are you in the mood for" in reply.text and reply.items
+    assert reply.items[0].title in reply.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "refused"),
+    [
+        ("It's a tense crime film about a heist crew", ""),
+        ("It's a 1995 classic", "states a number"),
+        ("It's a film starring Tom Hanks", "names 'Tom'"),
+        ("It's a crime film, a crime film, a crime film", "repeats itself"),
+        ("It's a crime movie like Heat please recommend", "copies the user"),
+        ("It's a hilarious comedy", "calls it comedy"),
+        ("It", "too short"),
+    ],
+)
+def test_what_the_llm_writes_is_checked_against_the_item(tiny_dataset, raw, refused):
+    heat = tiny_dataset.catalog["1"]
+    dialogue = Dialogue(
+        id="x", turns=[Turn(role="user", text="a crime movie like heat please recommend one")]
+    )
+    sentence, why = checked_clause(raw, heat, dialogue)
+    assert why.startswith(refused) if refused else (sentence == raw and why == "")
+
+
+@pytest.mark.timeout(300)
+def test_llm_zero_shot_free_naming_baseline_stays_available(tiny_dataset):
+    model = create_model("llm-zero-shot", tiny_dataset, {"max_new_tokens": 40, "grounding": "free"})
     dialogue = Dialogue(
         id="x",
         turns=[Turn(role="user", text="Recommend me a crime movie like Heat (1995).", items=["1"])],
