@@ -85,3 +85,45 @@ def test_sasrec_trains_saves_and_recommends_what_follows(tiny_dataset, tmp_path)
 def test_sasrec_without_checkpoint_says_how_to_train(tiny_dataset, tmp_path):
     with pytest.raises(FileNotFoundError, match="crs train sasrec --dataset tiny"):
         create_model("sasrec", tiny_dataset, {"checkpoint": str(tmp_path / "none")})
+
+
+def test_sasrec_training_resumes_where_it_stopped_and_reports_progress(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    """A stopped run continues from its last finished epoch with the same command and ends with
+    the weights an uninterrupted run gets; the progress file says how far it is."""
+    import json
+
+    import torch
+
+    from backend.models import sasrec
+    from backend.models.sasrec import SASRecConfig, train_sasrec
+
+    cfg = dict(epochs=6, hidden=16, max_len=5, batch_size=1, lr=0.01, dropout=0.0)
+    whole = train_sasrec(tiny_dataset, SASRecConfig(**cfg), tmp_path / "whole")
+
+    progress = tmp_path / "progress.json"
+    monkeypatch.setenv("CRS_PROGRESS_FILE", str(progress))
+    calls = {"n": 0}
+    real_loss = sasrec.sasrec_loss
+
+    def stop_in_epoch_four(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3 * 2 + 1:  # two windows per epoch here: stop inside the fourth epoch
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(sasrec, "sasrec_loss", stop_in_epoch_four)
+    with pytest.raises(KeyboardInterrupt):
+        train_sasrec(tiny_dataset, SASRecConfig(**cfg), tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "train_state.pt").exists()
+    assert json.loads(progress.read_text())["total"] == 12
+
+    monkeypatch.setattr(sasrec, "sasrec_loss", real_loss)
+    resumed = train_sasrec(tiny_dataset, SASRecConfig(**cfg), tmp_path / "resumed")
+    assert not (resumed / "train_state.pt").exists()
+    state = json.loads(progress.read_text())
+    assert state["done"] == state["total"] == 12
+    a = torch.load(whole / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(resumed / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -42,6 +42,7 @@ from backend.data.base import Dataset
 from backend.eval.evaluate import recommender_turns
 from backend.eval.metrics import recall_at_k
 from backend.llm import best_device, resolve_model_dir
+from backend.progress import ProgressBar
 from backend.registry import CRSModel, ModelConfig, register, save_run_files, timed
 from backend.settings import get_settings
 from backend.train.batches import epoch_batches
@@ -868,7 +869,7 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
     dev_history: list[dict[str, float]] = []
     best = -1.0
     start = time.perf_counter()
-    bar = tqdm(total=total, desc="pecrs", unit="step")
+    bar = ProgressBar(total=total, desc="pecrs", unit="step")
     for step in range(1, total + 1):
         micro = []
         for _ in range(cfg.grad_accum):

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from backend.data.base import Dataset
 from backend.llm import best_device
 from backend.models.popularity import item_counts
 from backend.models.templates import recommendation_text
+from backend.progress import ProgressBar
 from backend.registry import CRSModel, ModelConfig, register, save_run_files, timed
 from backend.settings import get_settings
 from backend.types import Dialogue, Reply, TraceStep, UserHistory
@@ -216,9 +216,22 @@ def train_sasrec(dataset: Dataset, config: SASRecConfig, out_dir: Path | None = 
         total,
         device,
     )
+    out_dir = out_dir or Path(config.checkpoint or default_checkpoint(dataset.name))
+    resume = out_dir / "train_state.pt"
     history, step, start = [], 0, time.perf_counter()
     rng = random.Random(config.seed)
-    bar = tqdm(total=total, desc="sasrec", unit="step")
+    run_config = {"model": "sasrec", "dataset": dataset.name, **asdict(config)}
+    if resume.exists():
+        # Resume at the last finished epoch, if the run is the same one (same config, same data).
+        saved = torch.load(resume, map_location="cpu", weights_only=False)
+        if saved["config"] == run_config and len(saved["windows"]) == len(windows):
+            windows = saved["windows"]  # in the order the finished epochs left them
+            net.load_state_dict(saved["net"])
+            opt.load_state_dict(saved["opt"])
+            history, step = saved["history"], saved["step"]
+            rng.setstate(saved["rng"])
+            log.info("sasrec: resuming at step %d of %d from %s", step, total, resume)
+    bar = ProgressBar(total=total, initial=step, desc="sasrec", unit="step")
     while step < total:
         rng.shuffle(windows)
         losses = []
@@ -237,6 +250,18 @@ def train_sasrec(dataset: Dataset, config: SASRecConfig, out_dir: Path | None = 
             if step >= total:
                 break
         history.append({"epoch": len(history) + 1, "loss": float(np.mean(losses)), "step": step})
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "config": run_config,
+            "windows": windows,
+            "net": net.state_dict(),
+            "opt": opt.state_dict(),
+            "history": history,
+            "step": step,
+            "rng": rng.getstate(),
+        }
+        torch.save(state, resume.with_suffix(".tmp"))
+        resume.with_suffix(".tmp").replace(resume)  # a stop mid-write keeps the previous state
     bar.close()
     metrics = {
         "train_loss": history,
@@ -245,11 +270,11 @@ def train_sasrec(dataset: Dataset, config: SASRecConfig, out_dir: Path | None = 
         "steps": step,
         "sequences": len(train),
     }
-    out_dir = out_dir or Path(config.checkpoint or default_checkpoint(dataset.name))
-    save_run_files(out_dir, {"model": "sasrec", "dataset": dataset.name, **asdict(config)}, metrics)
+    save_run_files(out_dir, run_config, metrics)
     torch.save(
         {"state_dict": net.state_dict(), "item_ids": dataset.catalog.ids}, out_dir / "model.pt"
     )
+    resume.unlink(missing_ok=True)
     log.info("sasrec saved to %s (valid %s)", out_dir, metrics["valid"])
     return out_dir
 
