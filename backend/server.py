@@ -37,12 +37,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from backend.data.base import Dataset
 from backend.mentions import link_user_turn
 from backend.registry import CRSModel, create_model, fresh_items, model_class
+from backend.settings import get_settings
+from backend.training import BackgroundTrainer, TrainingJob
 from backend.types import Dialogue, Item, Reply, UserHistory
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
-Status = Literal["loading", "ready", "error"]
+# queued/training: no checkpoint yet, so the server trains the model in the background first.
+Status = Literal["loading", "queued", "training", "ready", "error"]
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -65,6 +68,11 @@ class ModelSpec(BaseModel):
     )
     alias: str | None = Field(
         default=None, description="Name in URLs and the demo; lets one model run with two configs."
+    )
+    train: list[str] | None = Field(
+        default=None,
+        description="`crs train <name>` arguments: when the model has no checkpoint yet, the "
+        "server trains it in the background with them and serves it once trained.",
     )
 
     @property
@@ -89,6 +97,11 @@ class ServerConfig(BaseModel):
     models: list[ModelSpec] = Field(min_length=1, description="The models to load and serve.")
     max_message_chars: int = Field(default=2000, ge=1, description="Longest accepted turn text.")
     max_turns: int = Field(default=60, ge=1, description="Most turns accepted in one dialogue.")
+    wait_for_models: bool = Field(
+        default=True,
+        description="Answer HTTP only once every model has loaded; false: serve at once and "
+        "list models as loading (the demo's page opens while models load).",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> ServerConfig:
@@ -142,6 +155,8 @@ class ModelInfo(BaseModel):
     version: str
     status: Status
     error: str | None = None
+    # While training: {"done", "total", "elapsed_s", "eta_s"} of the background run.
+    progress: dict[str, Any] | None = None
 
 
 class Health(BaseModel):
@@ -208,17 +223,30 @@ class ServedModel:
         return self.spec.served_name
 
     def load(self, dataset: Dataset, device: str) -> None:
-        """Build the model through the registry; a failure is recorded, never raised."""
+        """Build the model through the registry; a failure is recorded, never raised.
+
+        A model with a `train` recipe whose checkpoint is missing becomes "queued" instead.
+        """
         start = time.perf_counter()
+        self.status, self.error = "loading", None
         try:
             self.model = create_model(self.spec.name, dataset, model_overrides(self.spec, device))
             self.status = "ready"
             log.info(
                 "loaded %s in %.1fs on %s", self.name, time.perf_counter() - start, self.device
             )
+        except FileNotFoundError as err:
+            if self.spec.train is None:
+                self._failed(err)
+            else:
+                self.status = "queued"
+                log.info("%s has no checkpoint yet (%s); it will be trained", self.name, err)
         except Exception as err:
-            self.status, self.error = "error", describe_error(err)
-            log.exception("model %s failed to load; serving the others", self.name)
+            self._failed(err)
+
+    def _failed(self, err: Exception) -> None:
+        self.status, self.error = "error", describe_error(err)
+        log.exception("model %s failed to load; serving the others", self.name)
 
     @property
     def device(self) -> str:
@@ -234,15 +262,20 @@ class ServedModel:
             return f"remote {base_url}"
         return str(getattr(self.model.config, "device", "cpu"))
 
-    def info(self) -> ModelInfo:
+    def info(self, job: TrainingJob | None = None) -> ModelInfo:
+        try:
+            description = model_class(self.spec.name).description
+        except KeyError:
+            description = ""
         return ModelInfo(
             name=self.name,
             model=self.spec.name,
-            description=self.model.description if self.model else "",
+            description=description,
             device=self.device,
             version=str(self.model.version) if self.model else "",
             status=self.status,
             error=self.error,
+            progress=job.progress if job is not None and self.status == "training" else None,
         )
 
 
@@ -267,15 +300,36 @@ class ModelHost:
         self.config = config
         self.dataset = dataset
         self.models = {spec.served_name: ServedModel(spec) for spec in config.models}
+        self.trainer = BackgroundTrainer(get_settings().CRS_HOME, on_done=self._trained)
 
     async def load_all(self) -> None:
-        # Each model loads on its own worker thread, the thread that will later run it.
+        """Load every model (each on its own worker thread, the one that will run it); queue
+        the training of those that need it."""
         for served in self.models.values():
             await asyncio.wrap_future(
                 served.executor.submit(served.load, self.dataset, self.config.device)
             )
+            if served.status == "queued":
+                assert served.spec.train is not None
+                self.trainer.submit(served.name, served.spec.name, served.spec.train)
+
+    def _trained(self, job: TrainingJob) -> None:
+        """A background run finished: load the model so that it becomes selectable."""
+        served = self.models[job.name]
+        served.executor.submit(served.load, self.dataset, self.config.device)
+
+    def status_of(self, served: ServedModel) -> ModelInfo:
+        """``served``'s info, with the state of its background training when it has one."""
+        job = self.trainer.jobs.get(served.name)
+        if job is not None and served.status in ("queued", "training"):
+            if job.state == "failed":
+                served.status, served.error = "error", job.error
+            else:
+                served.status = "training" if job.state == "training" else "queued"
+        return served.info(job)
 
     def close(self) -> None:
+        self.trainer.stop()
         for served in self.models.values():
             served.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -287,11 +341,16 @@ class ModelHost:
                 404,
                 f"unknown model {name!r}; available models: {', '.join(self.models)} (GET /models)",
             )
-        if served.status != "ready":
-            raise HTTPException(
-                503, f"model {name!r} is not available: it failed to load: {served.error}"
-            )
-        return served
+        info = self.status_of(served)
+        if info.status == "ready":
+            return served
+        if info.status == "error":
+            why = f"it failed to load: {served.error}"
+        elif info.status == "loading":
+            why = "it is still loading; try again in a moment"
+        else:
+            why = f"it is being trained ({info.status}); it can be picked once it is ready"
+        raise HTTPException(503, f"model {name!r} is not available: {why}")
 
     def check_request(self, body: RespondRequest) -> UserHistory | None:
         """Validate the dialogue against the limits and resolve the history; raise 4xx otherwise."""
@@ -430,8 +489,13 @@ def create_app(config: ServerConfig, dataset: Dataset | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await host.load_all()
+        if config.wait_for_models:
+            await host.load_all()
+        else:
+            loading = asyncio.create_task(host.load_all())
         yield
+        if not config.wait_for_models:
+            loading.cancel()
         host.close()
 
     # The largest legitimate body: every turn at its limit, JSON-escaped, plus a long history.
@@ -451,7 +515,7 @@ def create_app(config: ServerConfig, dataset: Dataset | None = None) -> FastAPI:
 
     @app.get("/health")
     def health() -> Health:
-        statuses = {name: served.status for name, served in host.models.items()}
+        statuses = {name: host.status_of(served).status for name, served in host.models.items()}
         ok = all(s == "ready" for s in statuses.values())
         return Health(
             status="ok" if ok else "degraded",
@@ -463,7 +527,7 @@ def create_app(config: ServerConfig, dataset: Dataset | None = None) -> FastAPI:
 
     @app.get("/models")
     def models() -> list[ModelInfo]:
-        return [served.info() for served in host.models.values()]
+        return [host.status_of(served) for served in host.models.values()]
 
     @app.get("/items")
     def search_items(

@@ -487,3 +487,71 @@ def test_fresh_items_drops_excluded_items_and_repeated_titles():
     kept = fresh_items(items, exclude={"b"}, limit=5)
     assert [i.item_id for i in kept] == ["a", "d"]
     assert [i.item_id for i in fresh_items(items, set(), limit=2)] == ["a", "b"]
+
+
+def _wait_for_status(client: TestClient, name: str, wanted: set[str], seen: list[str]) -> dict:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        info = next(m for m in client.get("/models").json() if m["name"] == name)
+        if not seen or seen[-1] != info["status"]:
+            seen.append(info["status"])
+        if info["status"] in wanted:
+            return info
+        time.sleep(0.2)
+    raise AssertionError(f"{name} never reached {wanted}; statuses seen: {seen}")
+
+
+@pytest.mark.timeout(300)
+def test_a_model_without_checkpoint_is_trained_in_the_background_then_served(tmp_path):
+    """The first-run path: the server answers at once, SASRec has no checkpoint, so it is
+    queued, trained by a low-priority child process with progress, loaded, and then answers."""
+    config = ServerConfig(
+        dataset="movielens-100k",
+        wait_for_models=False,
+        models=[
+            ModelSpec(name="popularity"),
+            ModelSpec(
+                name="sasrec",
+                config={"checkpoint": str(tmp_path / "sasrec")},
+                train=[
+                    "--max-steps",
+                    "30",
+                    "--set",
+                    "hidden=16",
+                    "--out",
+                    str(tmp_path / "sasrec"),
+                ],
+            ),
+        ],
+    )
+    with TestClient(create_app(config)) as client:
+        seen: list[str] = []
+        _wait_for_status(client, "sasrec", {"training"}, seen)
+        refused = client.post("/models/sasrec/respond", json={"dialogue": dialogue("hi")})
+        assert refused.status_code == 503 and "being trained" in refused.json()["detail"]
+        info = _wait_for_status(client, "sasrec", {"ready", "error"}, seen)
+        assert info["status"] == "ready", info
+        assert "training" in seen and seen[-1] == "ready"
+        reply = client.post(
+            "/models/sasrec/respond", json={"dialogue": dialogue("I loved Star Wars (1977)")}
+        ).json()
+        assert reply["items"] and reply["trace"][0]["name"] == "sequence"
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_background_training_says_why(tmp_path):
+    config = ServerConfig(
+        dataset="movielens-100k",
+        wait_for_models=False,
+        models=[
+            ModelSpec(
+                name="sasrec",
+                config={"checkpoint": str(tmp_path / "none")},
+                train=["--set", "no_such_key=1", "--out", str(tmp_path / "none")],
+            )
+        ],
+    )
+    with TestClient(create_app(config)) as client:
+        info = _wait_for_status(client, "sasrec", {"ready", "error"}, [])
+        assert info["status"] == "error"
+        assert info["error"].startswith("training failed:") and "no_such_key" in info["error"]
