@@ -27,7 +27,7 @@ from typing import Any
 import gradio as gr
 from sqlalchemy.exc import OperationalError
 
-from app.cards import chat_messages, item_cards
+from app.cards import chat_messages, escape_text, item_cards, items_of
 from backend.client import BackendClient, BackendError, RequestError, plain_message
 from backend.server import Health
 from backend.types import Dialogue, Reply, Turn
@@ -482,9 +482,9 @@ class Arena:
 def _messages(side: Side) -> list[dict[str, str]]:
     shown = chat_messages(side.dialogue)
     if not side.done and (side.text or side.error):
-        shown.append({"role": "assistant", "content": side.text})
+        shown.append({"role": "assistant", "content": escape_text(side.text)})
     if side.error:
-        shown.append({"role": "assistant", "content": f"⚠️ {side.error}"})
+        shown.append({"role": "assistant", "content": f"⚠️ {escape_text(side.error)}"})
     return shown
 
 
@@ -497,8 +497,10 @@ def _voter(visitor: str | None, request: gr.Request | None) -> str:
 
 def build_arena_tab(
     client: BackendClient, engine, model_names: list[str], rules: ArenaRules | None = None
-) -> None:
-    """The Arena tab: mode, model pickers, two chat panels, votes, regenerate, new round, export."""
+) -> tuple[gr.Dropdown, gr.Dropdown]:
+    """The Arena tab: mode, model pickers, two chat panels, votes, regenerate, new round, export.
+
+    Returns the two model pickers, whose choices the page refreshes as models become ready."""
     arena = Arena(client, engine, rules or ArenaRules.from_env())
     state = gr.State(None)
     # A per-browser id in local storage: the daily vote cap counts per browser, not per page load.
@@ -549,7 +551,9 @@ def build_arena_tab(
             gr.update(value=_messages(round_.right), label=label_b),
             # No scores: their scale (counts vs cosines) would give a blind pair away.
             *(
-                item_cards(s.reply, {}, top=5, scores=False) if s.reply else ""
+                item_cards(s.reply, items_of(client, s.reply, top=5), top=5, scores=False)
+                if s.reply and s.done
+                else ""
                 for s in round_.sides
             ),
             *[gr.update(interactive=round_.can_vote)] * len(VOTES),
@@ -590,3 +594,4 @@ def build_arena_tab(
         cancels=[sending, submitting, regenerating],
     )
     export.click(lambda r: view(*arena.export(r)), state, outputs, api_name="arena_export")
+    return pick_a, pick_b

@@ -10,6 +10,7 @@ import json
 
 import plotly.graph_objects as go
 
+from backend.client import BackendClient, BackendError
 from backend.types import Dialogue, Item, Reply
 
 CARD_CSS = """
@@ -23,12 +24,28 @@ CARD_CSS = """
 """
 
 
+def escape_text(text: str) -> str:
+    """Text for a chat bubble: shown literally, so "<img src=x>" is text, never an element."""
+    return html.escape(text, quote=False)
+
+
 def chat_messages(dialogue: Dialogue) -> list[dict[str, str]]:
-    """The dialogue in Gradio's messages format (system turns are the assistant's)."""
+    """The dialogue in Gradio's messages format (system turns are the assistant's), escaped."""
     return [
-        {"role": "user" if t.role == "user" else "assistant", "content": t.text}
+        {"role": "user" if t.role == "user" else "assistant", "content": escape_text(t.text)}
         for t in dialogue.turns
     ]
+
+
+def items_of(client: BackendClient, reply: Reply, top: int = 6) -> dict[str, Item]:
+    """Catalog entries of the shown items, for the cards (one request per card)."""
+    items = {}
+    for scored in reply.items[:top]:
+        try:
+            items[scored.item_id] = client.item(scored.item_id)
+        except BackendError:
+            continue  # a card without metadata still shows title and score
+    return items
 
 
 def _shorten(text: str, limit: int) -> str:

@@ -14,24 +14,25 @@ from typing import Any
 import gradio as gr
 
 from app.arena import build_arena_tab
-from app.cards import CARD_CSS, chat_messages, item_cards, score_chart, trace_markdown
+from app.cards import (
+    CARD_CSS,
+    chat_messages,
+    escape_text,
+    item_cards,
+    items_of,
+    score_chart,
+    trace_markdown,
+)
 from app.leaderboard import build_leaderboard_tab
-from backend.client import BackendClient, BackendError, BackendUnavailableError
-from backend.types import Dialogue, Item, Reply, Turn
+from backend.client import BackendClient, BackendError, plain_message
+from backend.server import ModelInfo
+from backend.types import Dialogue, Reply, Turn
 from db.session import init_db
 
 log = logging.getLogger(__name__)
-
-
-def _items_of(client: BackendClient, reply: Reply) -> dict[str, Item]:
-    """Catalog entries of the shown items, for the cards (one request per card, top 6 only)."""
-    items = {}
-    for scored in reply.items[:6]:
-        try:
-            items[scored.item_id] = client.item(scored.item_id)
-        except BackendError:
-            continue  # a card without metadata still shows title and score
-    return items
+MODEL_POLL_S = 3.0  # how often an open page asks for model states while some are on their way
+PENDING = ("loading", "queued", "training")
+NO_MODEL = "**Pick a model first.** None is ready yet; the list fills as models become ready."
 
 
 def history_markdown(client: BackendClient, user_id: str | None) -> str:
@@ -41,7 +42,8 @@ def history_markdown(client: BackendClient, user_id: str | None) -> str:
     try:
         history = client.history(user_id)
     except BackendError as err:
-        return f"**Could not load the history:** {err}"
+        log.warning("history of %s not loaded: %s", user_id, err)
+        return f"**Could not load the history.** {plain_message(err)}"
     titles = history.titles
 
     def names(interactions):
@@ -53,7 +55,11 @@ def history_markdown(client: BackendClient, user_id: str | None) -> str:
 def chat_turn(
     client: BackendClient, model: str, message: str, dialogue: Dialogue, user_id: str | None
 ) -> Iterator[tuple[list[dict[str, str]], Dialogue, Reply | None, str]]:
-    """Stream one chat turn: yields (chat messages, dialogue, final reply or None, status)."""
+    """Stream one chat turn: yields (chat messages, dialogue, final reply or None, status).
+
+    A message the backend refuses or cannot answer is taken back out of the dialogue, so the
+    next message is not refused for it too; the status says why in plain words.
+    """
     dialogue.turns.append(Turn(role="user", text=message))
     shown = chat_messages(dialogue)
     partial = ""
@@ -61,27 +67,75 @@ def chat_turn(
         for part in client.stream(model, dialogue, user_id=user_id or None):
             if isinstance(part, Reply):
                 dialogue.turns.append(Turn(role="system", text=part.text, items=part.item_ids[:10]))
-                yield [*shown, {"role": "assistant", "content": part.text}], dialogue, part, ""
+                yield chat_messages(dialogue), dialogue, part, ""
                 return
             partial += part
-            yield [*shown, {"role": "assistant", "content": partial}], dialogue, None, ""
+            yield (
+                [*shown, {"role": "assistant", "content": escape_text(partial)}],
+                dialogue,
+                None,
+                "",
+            )
     except BackendError as err:
-        dialogue.turns.pop()  # the turn was not answered; the user can send it again
-        yield shown[:-1], dialogue, None, f"**{type(err).__name__}:** {err}"
+        log.warning("chat turn with %s failed: %s", model, err)
+        dialogue.turns.pop()
+        yield shown[:-1], dialogue, None, f"**{plain_message(err)}**"
+
+
+def too_long(client: BackendClient, message: str) -> str:
+    """The plain-words refusal of a message over the backend's limit, or ""."""
+    try:
+        limit = client.health().max_message_chars
+    except BackendError:
+        return ""  # the send itself will say the backend is away
+    if len(message) > limit:
+        return (
+            f"**Message too long: {limit:,} characters at most** (this one has {len(message):,})."
+        )
+    return ""
+
+
+def model_states(infos: list[ModelInfo]) -> str:
+    """One line per model that is not ready yet: loading, queued, training with progress, failed."""
+    lines = []
+    for m in infos:
+        if m.status == "ready":
+            continue
+        if m.status == "training" and m.progress and m.progress.get("total"):
+            done = 100 * m.progress["done"] / m.progress["total"]
+            eta = m.progress.get("eta_s")
+            left = f", about {max(1, round(eta / 60))} min left" if eta else ""
+            state = f"training {done:.0f} %{left}"
+        elif m.status == "error":
+            state = f"unavailable: {m.error}"
+        else:
+            state = {
+                "loading": "loading",
+                "queued": "waiting to be trained",
+                "training": "training",
+            }[m.status]
+        lines.append(f"- **{m.name}**: {state}")
+    if not lines:
+        return ""
+    return "Models on their way (they join the list when ready):\n" + "\n".join(lines)
 
 
 def build_demo(client: BackendClient, engine: Any) -> gr.Blocks:
-    """All three tabs over ``client``; votes and exports go to ``engine``'s database."""
-    try:
-        infos = client.models()
-    except BackendUnavailableError as err:
-        log.warning("backend not reachable while building the page: %s", err)
-        infos = []
+    """All three tabs over ``client``; votes and exports go to ``engine``'s database.
+
+    The model lists follow the backend: read on every page load, and every few seconds while
+    some model is still loading or training.
+    """
+
+    def fetch_models() -> list[ModelInfo]:
+        try:
+            return client.models()
+        except BackendError as err:
+            log.warning("backend not reachable: %s", err)
+            return []
+
+    infos = fetch_models()
     ready = [m.name for m in infos if m.status == "ready"]
-    descriptions = "\n".join(
-        f"- **{m.name}**{'' if m.status == 'ready' else ' (unavailable: ' + (m.error or m.status) + ')'}: {m.description}"
-        for m in infos
-    )
     try:
         users = client.users(limit=200)
     except BackendError:
@@ -104,8 +158,9 @@ def build_demo(client: BackendClient, engine: Any) -> gr.Blocks:
                     user = gr.Dropdown(
                         ["", *users], value="", label="User history (optional)", elem_id="chat-user"
                     )
+                states = gr.Markdown(model_states(infos), elem_id="model-states")
                 with gr.Accordion("Models", open=False):
-                    gr.Markdown(descriptions or "_The backend is not reachable._")
+                    descriptions = gr.Markdown(elem_id="model-descriptions")
                 history = gr.Markdown(history_markdown(client, None))
                 chatbot = gr.Chatbot(label="Conversation", height=380, elem_id="chat-bot")
                 with gr.Row():
@@ -124,16 +179,10 @@ def build_demo(client: BackendClient, engine: Any) -> gr.Blocks:
                     trace = gr.Markdown(elem_id="chat-trace")
 
                 def on_send(message: str, model_name: str | None, user_id: str, dlg: Dialogue):
+                    """Yields the outputs below; the text box is emptied only once answered."""
                     message = (message or "").strip()
                     if not model_name:
-                        yield (
-                            gr.skip(),
-                            dlg,
-                            "",
-                            None,
-                            "",
-                            "**Pick a model first** (none is available if the backend is down).",
-                        )
+                        yield gr.skip(), dlg, gr.skip(), gr.skip(), gr.skip(), NO_MODEL, gr.skip()
                         return
                     if not message:
                         yield (
@@ -143,36 +192,86 @@ def build_demo(client: BackendClient, engine: Any) -> gr.Blocks:
                             gr.skip(),
                             gr.skip(),
                             "Type a message first.",
+                            gr.skip(),
                         )
+                        return
+                    if refusal := too_long(client, message):
+                        yield gr.skip(), dlg, gr.skip(), gr.skip(), gr.skip(), refusal, gr.skip()
                         return
                     for messages, dialogue_now, reply, error in chat_turn(
                         client, model_name, message, dlg, user_id
                     ):
-                        if reply is None:
-                            yield messages, dialogue_now, gr.skip(), gr.skip(), gr.skip(), error
+                        if error:
+                            yield (
+                                messages,
+                                dialogue_now,
+                                gr.skip(),
+                                gr.skip(),
+                                gr.skip(),
+                                error,
+                                gr.skip(),
+                            )
+                        elif reply is None:
+                            yield (
+                                messages,
+                                dialogue_now,
+                                gr.skip(),
+                                gr.skip(),
+                                gr.skip(),
+                                "",
+                                gr.skip(),
+                            )
                         else:
                             yield (
                                 messages,
                                 dialogue_now,
-                                item_cards(reply, _items_of(client, reply)),
+                                item_cards(reply, items_of(client, reply)),
                                 score_chart(reply),
                                 trace_markdown(reply),
                                 "",
+                                "",
                             )
 
-                outputs = [chatbot, dialogue, cards, chart, trace, status]
-                send.click(on_send, [text, model, user, dialogue], outputs, api_name="chat").then(
-                    lambda: "", None, text
+                outputs = [chatbot, dialogue, cards, chart, trace, status, text]
+                sending = send.click(
+                    on_send, [text, model, user, dialogue], outputs, api_name="chat"
                 )
-                text.submit(on_send, [text, model, user, dialogue], outputs).then(
-                    lambda: "", None, text
+                submitting = text.submit(on_send, [text, model, user, dialogue], outputs)
+                # New chat stops a reply that is still streaming, so it cannot come back later.
+                clear.click(
+                    lambda: ([], Dialogue(id="chat"), "", None, "", "", gr.skip()),
+                    None,
+                    outputs,
+                    cancels=[sending, submitting],
                 )
-                clear.click(lambda: ([], Dialogue(id="chat"), "", None, "", ""), None, outputs)
                 user.change(lambda u: history_markdown(client, u), user, history)
             with gr.Tab("Arena", id="arena"):
-                build_arena_tab(client, engine, ready)
+                pickers = build_arena_tab(client, engine, ready)
             with gr.Tab("Leaderboard", id="leaderboard"):
                 build_leaderboard_tab(engine)
+
+        timer = gr.Timer(MODEL_POLL_S, active=any(m.status != "ready" for m in infos))
+
+        def refresh(current: str | None):
+            found = fetch_models()
+            names = [m.name for m in found if m.status == "ready"]
+            keep = current if current in names else (names[0] if names else None)
+            pending = any(m.status in PENDING for m in found)
+            about = (
+                "\n".join(f"- **{m.name}** ({m.status}): {m.description}" for m in found)
+                or "_The backend is not reachable._"
+            )
+            return (
+                gr.update(choices=names, value=keep),
+                *[gr.update(choices=names)] * len(pickers),
+                model_states(found),
+                about,
+                gr.Timer(active=pending),
+            )
+
+        targets = [model, *pickers, states, descriptions, timer]
+        demo.load(refresh, model, targets)
+        timer.tick(refresh, model, targets)
     return demo
 
 
@@ -188,7 +287,10 @@ def launch(
     if backend_url is None:
         from backend.server import DEFAULT_CONFIG, ServerConfig, start_in_thread
 
-        backend_url, _stop = start_in_thread(ServerConfig.from_yaml(config_path or DEFAULT_CONFIG))
+        config = ServerConfig.from_yaml(config_path or DEFAULT_CONFIG)
+        # The page opens at once; models load (and train) behind it and join the lists when ready.
+        config = config.model_copy(update={"wait_for_models": False})
+        backend_url, _stop = start_in_thread(config)
     client = BackendClient(backend_url)
     engine = init_db(db_url)
     demo = build_demo(client, engine)

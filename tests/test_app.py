@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import pytest
 
 from app.arena import ArenaRound, Side, draw_pair
-from app.cards import item_cards
+from app.cards import chat_messages, item_cards
 from app.leaderboard import leaderboard
-from app.main import build_demo, chat_turn
+from app.main import build_demo, chat_turn, model_states, too_long
 from backend.client import BackendClient
 from backend.server import ServerConfig, start_in_thread
 from backend.types import Dialogue, Item, Reply, ScoredItem, Turn
@@ -43,7 +43,7 @@ def test_gradio_client_chat_turn_returns_catalog_items(backend, engine):
     demo.queue()
     _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
-        messages, cards, _chart, trace, status = Client(url, verbose=False).predict(
+        messages, cards, _chart, trace, status, box = Client(url, verbose=False).predict(
             "Something like Alien (1979) please", "retrieval", "", api_name="/chat"
         )
     finally:
@@ -52,8 +52,63 @@ def test_gradio_client_chat_turn_returns_catalog_items(backend, engine):
     catalog = load_dataset("movielens-100k").catalog
     assert ids and all(i in catalog for i in ids)
     assert catalog.match("Alien (1979)") not in ids  # the title the user typed counts as mentioned
-    assert messages[-1]["role"] == "assistant" and status == ""
+    assert messages[-1]["role"] == "assistant" and status == "" and box == ""
     assert "query" in trace
+
+
+def test_a_refused_message_leaves_the_chat_and_is_said_plainly(tiny_dataset):
+    """Defect: an over-long message stayed in the dialogue, so every later message got 413 too,
+    and the visitor read "RequestError: 413: turn 0 (user) ..."."""
+    config = ServerConfig.model_validate(
+        {"dataset": "tiny", "models": [{"name": "popularity"}], "max_message_chars": 50}
+    )
+    url, stop = start_in_thread(config, dataset=tiny_dataset)
+    try:
+        client = BackendClient(url)
+        dialogue = Dialogue(id="chat")
+        *_, (_, after, reply, status) = chat_turn(client, "popularity", "x" * 60, dialogue, None)
+        assert reply is None and after.turns == []
+        assert status == "**Message too long: 50 characters at most.**"
+        assert too_long(client, "y" * 51).startswith("**Message too long: 50 characters at most**")
+        *_, (_, after, reply, status) = chat_turn(client, "popularity", "hi", dialogue, None)
+        assert reply is not None and status == "" and len(after.turns) == 2
+    finally:
+        stop()
+
+
+def test_user_and_model_html_is_shown_as_text():
+    dialogue = Dialogue(
+        id="c",
+        turns=[
+            Turn(role="user", text="<img src=x onerror=alert(1)> hi"),
+            Turn(role="system", text="You said <img src=x onerror=alert(1)>"),
+        ],
+    )
+    shown = chat_messages(dialogue)
+    assert all("<img" not in m["content"] and "&lt;img" in m["content"] for m in shown)
+
+
+def test_model_states_say_what_is_on_its_way():
+    from backend.server import ModelInfo
+
+    def info(name, status, **kw):
+        return ModelInfo(
+            name=name, model=name, description="", device="cpu", version="", status=status, **kw
+        )
+
+    text = model_states(
+        [
+            info("a", "ready"),
+            info("b", "training", progress={"done": 45, "total": 100, "eta_s": 130}),
+            info("c", "queued"),
+            info("d", "error", error="training failed: out of memory"),
+        ]
+    )
+    assert "**a**" not in text
+    assert "**b**: training 45 %, about 2 min left" in text
+    assert "**c**: waiting to be trained" in text
+    assert "**d**: unavailable: training failed: out of memory" in text
+    assert model_states([info("a", "ready")]) == ""
 
 
 def test_cards_escape_untrusted_text():
@@ -135,7 +190,9 @@ def test_backend_down_gives_a_clear_message_then_recovers():
     *_, (messages, dialogue, reply, error) = chat_turn(
         client, "popularity", "hello", dialogue, None
     )
-    assert reply is None and "crs serve" in error and dialogue.turns == []
+    # A visitor reads a status; the command to start a backend goes to the log only.
+    assert reply is None and dialogue.turns == []
+    assert "not answering right now" in error and "crs serve" not in error
     url, stop = start_in_thread(
         ServerConfig.model_validate({**CONFIG, "models": [{"name": "popularity"}]}), port=port
     )
