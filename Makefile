@@ -4,9 +4,8 @@
 setup:
 	bash scripts/setup.sh
 
+# The page opens at once; models without a checkpoint train in the background (backend/configs/default.yaml).
 demo: setup
-	.venv/bin/crs train sasrec --dataset movielens-100k --skip-existing
-	.venv/bin/crs train pecrs --dataset llm-redial --max-steps 24 --eval-every 24 --lr 5e-4 --set head_lr=2e-3 --set dev_samples=16 --skip-existing
 	.venv/bin/crs demo
 
 test:

