@@ -32,6 +32,7 @@ from db.session import init_db
 log = logging.getLogger(__name__)
 MODEL_POLL_S = 3.0  # how often an open page asks for model states while some are on their way
 PENDING = ("loading", "queued", "training")
+ABANDONED = "abandoned"  # Dialogue.meta key New chat sets on the conversation it replaces
 NO_MODEL = "**Pick a model first.** None is ready yet; the list fills as models become ready."
 
 
@@ -201,6 +202,8 @@ def build_demo(client: BackendClient, engine: Any) -> gr.Blocks:
                     for messages, dialogue_now, reply, error in chat_turn(
                         client, model_name, message, dlg, user_id
                     ):
+                        if dlg.meta.get(ABANDONED):
+                            return  # New chat was clicked: this reply must not come back
                         if error:
                             yield (
                                 messages,
@@ -237,13 +240,13 @@ def build_demo(client: BackendClient, engine: Any) -> gr.Blocks:
                     on_send, [text, model, user, dialogue], outputs, api_name="chat"
                 )
                 submitting = text.submit(on_send, [text, model, user, dialogue], outputs)
+
                 # New chat stops a reply that is still streaming, so it cannot come back later.
-                clear.click(
-                    lambda: ([], Dialogue(id="chat"), "", None, "", "", gr.skip()),
-                    None,
-                    outputs,
-                    cancels=[sending, submitting],
-                )
+                def new_chat(dlg: Dialogue):
+                    dlg.meta[ABANDONED] = True  # a reply still streaming into it stops there
+                    return [], Dialogue(id="chat"), "", None, "", "", gr.skip()
+
+                clear.click(new_chat, dialogue, outputs, cancels=[sending, submitting])
                 user.change(lambda u: history_markdown(client, u), user, history)
             with gr.Tab("Arena", id="arena"):
                 pickers = build_arena_tab(client, engine, ready)

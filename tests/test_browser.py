@@ -12,7 +12,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -37,16 +40,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """A running `crs demo` on popularity + retrieval over MovieLens-100K; yields (url, db_url)."""
-    tmp = tmp_path_factory.mktemp("demo")
+@contextmanager
+def running_demo(tmp: Path, backend: dict) -> Iterator[tuple[str, str]]:
+    """`crs demo` on the ``backend`` config in a subprocess; yields (url, db_url), then stops it."""
     config = tmp / "backend.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {"dataset": "movielens-100k", "models": [{"name": "retrieval"}, {"name": "popularity"}]}
-        )
-    )
+    config.write_text(yaml.safe_dump(backend))
     db_url = f"sqlite:///{tmp / 'crs.sqlite'}"
     port = _free_port()
     log = (tmp / "demo.log").open("w")
@@ -84,7 +82,18 @@ def demo(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(demo):
+def demo(tmp_path_factory):
+    """A running `crs demo` on popularity + retrieval over MovieLens-100K; yields (url, db_url)."""
+    backend = {
+        "dataset": "movielens-100k",
+        "models": [{"name": "retrieval"}, {"name": "popularity"}],
+    }
+    with running_demo(tmp_path_factory.mktemp("demo"), backend) as found:
+        yield found
+
+
+@contextmanager
+def browser_page(url: str) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -93,9 +102,15 @@ def page(demo):
         )
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
         page.set_default_timeout(120_000)  # first replies load MiniLM on 2 CPU cores
-        page.goto(demo[0])
+        page.goto(url)
         yield page
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(demo):
+    with browser_page(demo[0]) as page:
+        yield page
 
 
 def _shot(page, name: str) -> None:
@@ -157,3 +172,66 @@ def test_leaderboard_tab_ranks_the_voted_models(page):
     table = page.locator("#leaderboard-table")
     assert "popularity" in table.inner_text() and "retrieval" in table.inner_text()
     _shot(page, "leaderboard")
+
+
+def test_a_model_trains_while_the_page_is_open_then_chats(tmp_path):
+    """First run: SASRec has no checkpoint. The page opens anyway, says SASRec is on its way,
+    offers it once the background training is done (no restart, no reload), and it answers."""
+    checkpoint = tmp_path / "sasrec"
+    backend = {
+        "dataset": "movielens-100k",
+        "models": [
+            {"name": "popularity"},
+            {
+                "name": "sasrec",
+                "config": {"checkpoint": str(checkpoint)},
+                "train": ["--epochs", "5", "--out", str(checkpoint)],
+            },
+        ],
+    }
+    with running_demo(tmp_path, backend) as (url, _), browser_page(url) as page:
+        states = page.locator("#model-states")
+        states.get_by_text("sasrec", exact=False).wait_for()
+        assert re.search(
+            r"sasrec\*?\*?: (loading|waiting to be trained|training)", states.inner_text()
+        )
+        _shot(page, "first-run-training")
+        model = page.locator("#chat-model input")
+        model.click()
+        assert "popularity" in page.locator("ul[role=listbox]").inner_text()
+        assert "sasrec" not in page.locator("ul[role=listbox]").inner_text()
+        model.blur()
+        # Ready: the state line goes away and the model list offers it, on the same page.
+        page.wait_for_function(
+            "() => !document.querySelector('#model-states').innerText.includes('sasrec')",
+            timeout=240_000,
+        )
+        model.click()
+        page.get_by_role("option", name="sasrec").click()
+        page.locator("#chat-input textarea").fill(
+            "I loved Star Wars (1977). What should I watch next?"
+        )
+        page.locator("#chat-send").click()
+        cards = page.locator("#chat-cards .crs-card")
+        cards.first.wait_for()
+        assert "Star Wars (1977)" not in " ".join(cards.locator("h4").all_inner_texts())
+        assert "Often watched after Star Wars (1977)" in cards.first.inner_text()
+        _shot(page, "first-run-ready")
+
+
+def test_chat_shows_html_as_text_and_new_chat_stops_a_reply(page):
+    """Defects: user HTML rendered as an element; New chat undone seconds later by the reply
+    that was still streaming."""
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#chat-clear").click()
+    page.locator("#chat-input textarea").fill("<img src=x onerror=alert(1)> I like Heat (1995)")
+    page.locator("#chat-send").click()
+    page.locator("#chat-cards .crs-card").first.wait_for()
+    bot = page.locator("#chat-bot")
+    assert bot.locator("img[src=x]").count() == 0
+    assert "<img src=x onerror=alert(1)> I like Heat (1995)" in bot.inner_text()
+    page.locator("#chat-input textarea").fill("Something scary from the 1970s, please.")
+    page.locator("#chat-send").click()
+    page.locator("#chat-clear").click()
+    time.sleep(8)  # the cancelled reply would have landed by now
+    assert "Something scary" not in bot.inner_text() and "Heat (1995)" not in bot.inner_text()
