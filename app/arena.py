@@ -13,7 +13,6 @@ after ``ArenaRules.min_user_turns`` user turns.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import random
 import threading
@@ -30,6 +29,7 @@ from sqlalchemy.exc import OperationalError
 from app.cards import chat_messages, escape_text, item_cards, items_of
 from backend.client import BackendClient, BackendError, RequestError, plain_message
 from backend.server import Health
+from backend.settings import get_settings
 from backend.types import Dialogue, Reply, Turn
 from db.arena import AlreadyVoted, export_arena_round, record_vote, stored_battles
 from db.arena_pairing import draw_pair
@@ -45,31 +45,19 @@ ANSWERING = "Both models are answering…"
 _POLL_S = 0.2  # how often a waiting stream looks at the round's cancel flag
 
 
-def _env_int(name: str, default: int, minimum: int) -> int:
-    raw = os.environ.get(name, "")
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise ValueError(f"{name}={raw!r}: give a whole number of at least {minimum}")
-    return value
-
-
 @dataclass(frozen=True)
 class ArenaRules:
-    """How the arena takes votes; ``from_env`` reads ``ARENA_DAILY_VOTE_CAP``, ``ARENA_MIN_TURNS``."""
+    """How the arena takes votes (settings CRS_ARENA_DAILY_VOTE_CAP and CRS_ARENA_MIN_TURNS)."""
 
     daily_vote_cap: int = 50  # votes per voter in any 24 hours, as in Chatbot Arena's rate limits
     min_user_turns: int = 1  # user messages before the vote buttons open
 
     @classmethod
     def from_env(cls) -> ArenaRules:
+        settings = get_settings()
         return cls(
-            daily_vote_cap=_env_int("ARENA_DAILY_VOTE_CAP", cls.daily_vote_cap, 1),
-            min_user_turns=_env_int("ARENA_MIN_TURNS", cls.min_user_turns, 1),
+            daily_vote_cap=settings.CRS_ARENA_DAILY_VOTE_CAP,
+            min_user_turns=settings.CRS_ARENA_MIN_TURNS,
         )
 
 

@@ -39,6 +39,14 @@ class Settings:
         default_factory=lambda: _env("CRS_ANNOTATE_URL", "http://localhost:8501")
     )
 
+    # Arena vote hygiene: votes per browser in any 24 hours, user messages before voting opens.
+    CRS_ARENA_DAILY_VOTE_CAP: int = field(
+        default_factory=lambda: _positive_int("CRS_ARENA_DAILY_VOTE_CAP", 50)
+    )
+    CRS_ARENA_MIN_TURNS: int = field(
+        default_factory=lambda: _positive_int("CRS_ARENA_MIN_TURNS", 1)
+    )
+
     @property
     def checkpoints(self) -> Path:
         return self.CRS_HOME / "checkpoints"
@@ -54,6 +62,13 @@ class Settings:
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def _positive_int(name: str, default: int) -> int:
+    raw = _env(name, str(default))
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"{name}={raw!r}: give a whole number of at least 1")
+    return int(raw)
 
 
 def get_settings() -> Settings:
