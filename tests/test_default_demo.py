@@ -22,16 +22,19 @@ def readme_examples() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def served():
+def served(tmp_path_factory):
     config = ServerConfig.from_yaml(DEFAULT_CONFIG).model_copy(update={"wait_for_models": False})
-    with TestClient(create_app(config)) as client:
-        deadline = time.monotonic() + 1800  # SASRec trains first, on one low-priority core
-        while time.monotonic() < deadline:
-            models = client.get("/models").json()
-            if all(m["status"] in ("ready", "error") for m in models):
-                break
-            time.sleep(2)
-        yield client, models
+    # Module fixtures run before the per-test CRS_HOME is set; use the same folder explicitly.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CRS_HOME", str(tmp_path_factory.getbasetemp() / "crs-home"))
+        with TestClient(create_app(config)) as client:
+            deadline = time.monotonic() + 1800  # SASRec trains first, on one low-priority core
+            while time.monotonic() < deadline:
+                models = client.get("/models").json()
+                if all(m["status"] in ("ready", "error") for m in models):
+                    break
+                time.sleep(2)
+            yield client, models
 
 
 def ask(client: TestClient, model: str, *texts: str) -> tuple[dict, dict]:
