@@ -94,9 +94,7 @@ class BackgroundTrainer:
             self.jobs[name] = job
             self._queue.append(job)
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._work, name="crs-trainer", daemon=True
-                )
+                self._thread = threading.Thread(target=self._work, name="crs-trainer", daemon=True)
                 self._thread.start()
             self._wake.notify()
         log.info("queued training of %s: %s", name, " ".join(job.argv[2:]))
