@@ -11,7 +11,8 @@ work. "Plain generate" is a bare ``model.generate`` on the same weights: one pro
 prompts left-padded in one call. Tokens/s of a chat count from its start to its last token, time
 to first token (TTFT) included. Every figure is the median over ``--repeats`` runs after a warm-up.
 All torch work runs in worker threads (see `in_thread`).
-``--http`` starts the backend in this process (`start_in_thread`, a config of just llm-zero-shot)
+``--http`` starts the backend in this process (`start_in_thread`, a config of just llm-zero-shot,
+grounding=free)
 and streams N chats through `BackendClient.stream`; that model decides its own prompts and length,
 so its figures count the tokens its Replies report.
 
@@ -21,6 +22,7 @@ Writes ``$CRS_HOME/bench/concurrency.json`` (or ``--out``) and prints a line for
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -197,10 +199,15 @@ def bench_llm(llm: LocalLLM, n: int, new_tokens: int, repeats: int) -> dict[str,
 def bench_http(n: int, new_tokens: int, repeats: int) -> dict[str, Any]:
     """The same chats through the HTTP backend, served by llm-zero-shot."""
     from backend.client import BackendClient
+    from backend.registry import model_class
     from backend.server import ModelSpec, ServerConfig, start_in_thread
     from backend.types import Dialogue, Reply, Turn
 
-    spec = ModelSpec(name="llm-zero-shot", config={"max_new_tokens": new_tokens})
+    config: dict[str, Any] = {"max_new_tokens": new_tokens}
+    fields = {f.name for f in dataclasses.fields(model_class("llm-zero-shot").config_class)}
+    if "grounding" in fields:
+        config["grounding"] = "free"  # a plain streamed chat, not retrieval plus scoring
+    spec = ModelSpec(name="llm-zero-shot", config=config)
     base_url, stop = start_in_thread(ServerConfig(device="cpu", models=[spec]))
     dialogues = [
         Dialogue(id=f"bench-{i}", turns=[Turn(role="user", text=REQUESTS[i % 8])]) for i in range(n)
