@@ -92,25 +92,35 @@ def demo(tmp_path_factory):
         yield found
 
 
-@contextmanager
-def browser_page(url: str) -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One Chromium for the module (Playwright's sync API allows one driver per thread)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
+        chromium = pw.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.set_default_timeout(120_000)  # first replies load MiniLM on 2 CPU cores
-        page.goto(url)
-        yield page
-        browser.close()
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser: Any, url: str) -> Any:
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.set_default_timeout(120_000)  # first replies load MiniLM on 2 CPU cores
+    page.goto(url)
+    return page
 
 
 @pytest.fixture(scope="module")
-def page(demo):
-    with browser_page(demo[0]) as page:
-        yield page
+def page(demo, browser):
+    page = open_page(browser, demo[0])
+    # The page opens while the models still load; they join the list when ready.
+    page.wait_for_function(
+        "() => document.querySelector('#model-states')?.innerText.trim() === ''", timeout=240_000
+    )
+    yield page
+    page.close()
 
 
 def _shot(page, name: str) -> None:
@@ -174,7 +184,7 @@ def test_leaderboard_tab_ranks_the_voted_models(page):
     _shot(page, "leaderboard")
 
 
-def test_a_model_trains_while_the_page_is_open_then_chats(tmp_path):
+def test_a_model_trains_while_the_page_is_open_then_chats(tmp_path, browser):
     """First run: SASRec has no checkpoint. The page opens anyway, says SASRec is on its way,
     offers it once the background training is done (no restart, no reload), and it answers."""
     checkpoint = tmp_path / "sasrec"
@@ -189,7 +199,8 @@ def test_a_model_trains_while_the_page_is_open_then_chats(tmp_path):
             },
         ],
     }
-    with running_demo(tmp_path, backend) as (url, _), browser_page(url) as page:
+    with running_demo(tmp_path, backend) as (url, _):
+        page = open_page(browser, url)
         states = page.locator("#model-states")
         states.get_by_text("sasrec", exact=False).wait_for()
         assert re.search(
@@ -217,6 +228,7 @@ def test_a_model_trains_while_the_page_is_open_then_chats(tmp_path):
         assert "Star Wars (1977)" not in " ".join(cards.locator("h4").all_inner_texts())
         assert "Often watched after Star Wars (1977)" in cards.first.inner_text()
         _shot(page, "first-run-ready")
+        page.close()
 
 
 def test_chat_shows_html_as_text_and_new_chat_stops_a_reply(page):
