@@ -91,7 +91,10 @@ def run_once(home: Path, timeout: float) -> dict[str, Any]:
             if backend is not None:
                 models = httpx.get(f"{backend}/models", timeout=5).json()
                 for m in models:
-                    if m["status"] in ("ready", "error") and m["name"] not in figures["models_ready_s"]:
+                    if (
+                        m["status"] in ("ready", "error")
+                        and m["name"] not in figures["models_ready_s"]
+                    ):
                         seconds = round(time.perf_counter() - start, 1)
                         figures["models_ready_s"][m["name"]] = (
                             seconds if m["status"] == "ready" else f"error: {m['error']}"
