@@ -195,6 +195,33 @@ def train_sasrec_cmd(
     console.print_json(json.dumps({"valid": metrics["valid"]}))
 
 
+@train_app.command("retrieval-pop")
+def train_retrieval_pop_cmd(
+    dataset: DatasetArg = "redial",
+    data_dir: DataDirOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder (default CRS_HOME/checkpoints/retrieval-pop/<dataset>)."),
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Tune retrieval-pop's popularity weight on the dev split (best mean R@1/10/50)."""
+    from backend.models.retrieval import RetrievalPopConfig, tune_popularity_weight
+
+    ds = load_or_fail(dataset, data_dir)
+    try:
+        path = tune_popularity_weight(ds, RetrievalPopConfig(**parse_overrides(set_)), out_dir=out)
+    except (TypeError, ValueError, KeyError) as err:  # a bad --set, or no dev split
+        fail(err)
+    metrics = json.loads((path / "metrics.json").read_text())
+    best = metrics["by_weight"][str(metrics["best_weight"])]
+    console.print(
+        f"saved to {path}: popularity weight {metrics['best_weight']:g} on {metrics['turns']} "
+        f"{metrics['tuned_on']} turns, R@1/10/50 {best['recall@1']:.4f} / {best['recall@10']:.4f} "
+        f"/ {best['recall@50']:.4f} (weight 0: {metrics['by_weight']['0.0']['mean']:.4f} mean)"
+    )
+
+
 @train_app.command("llm-rec")
 def train_llm_rec_cmd(
     dataset: DatasetArg = "redial",

@@ -127,3 +127,56 @@ def test_sasrec_training_resumes_where_it_stopped_and_reports_progress(
     a = torch.load(whole / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(resumed / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_popularity_prior_is_tuned_on_dev_only(tiny_dataset, tmp_path, monkeypatch):
+    """retrieval-pop's weight comes from dev: the test split is never read, and a dev split where
+    the popular film is the answer makes the prior win."""
+    import json
+
+    from backend.data.base import Dataset
+    from backend.models.retrieval import RetrievalPopConfig, tune_popularity_weight
+
+    # Toy Story (2) is the most mentioned film in train; on dev the user asks about heists and
+    # the recommender answers Toy Story every time.
+    train = [
+        Dialogue(
+            id=f"t{i}",
+            turns=[Turn(role="user", text="hi"), Turn(role="system", text="", items=["2"])],
+        )
+        for i in range(30)
+    ]
+    dev = [
+        Dialogue(
+            id=f"d{i}",
+            turns=[
+                Turn(role="user", text="a heist crew and a detective"),
+                Turn(role="system", text="Toy Story!", items=["2"]),
+            ],
+        )
+        for i in range(5)
+    ]
+    dataset = Dataset(
+        name="tiny",
+        catalog=tiny_dataset.catalog,
+        splits={"train": train, "dev": dev, "test": tiny_dataset.splits["test"]},
+    )
+    real_split = Dataset.split
+
+    def no_test(self, name):
+        assert name != "test", "tuning read the test split"
+        return real_split(self, name)
+
+    monkeypatch.setattr(Dataset, "split", no_test)
+    path = tune_popularity_weight(
+        dataset, RetrievalPopConfig(), weights=(0.0, 1.0), out_dir=tmp_path
+    )
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["tuned_on"] == "dev" and metrics["best_weight"] == 1.0
+    assert metrics["by_weight"]["1.0"]["recall@1"] > metrics["by_weight"]["0.0"]["recall@1"]
+    model = create_model("retrieval-pop", dataset, {"checkpoint": str(path)})
+    assert model.config.popularity_weight == 1.0
+    reply = model.respond(Dialogue(id="q", turns=[Turn(role="user", text="a heist crew")]))
+    assert reply.item_ids[0] == "2"
+    with pytest.raises(FileNotFoundError, match="crs train retrieval-pop --dataset tiny"):
+        create_model("retrieval-pop", dataset, {"checkpoint": str(tmp_path / "none")})
