@@ -285,3 +285,44 @@ def test_real_smollm2_backbone_trains_a_step_and_answers(rec_dataset, tmp_path):
     reply = model.respond(rec_dataset.splits["test"][0].prefix(3))
     assert len(reply.items) == len(rec_dataset.catalog) - 2 and reply.text.strip()
     assert ITEM not in reply.text
+
+
+def test_a_stopped_training_resumes_to_the_same_parameters(
+    rec_dataset, tiny_llm_dir, tmp_path, monkeypatch
+):
+    """Stopped after step 4 of 6 and run again with the same command, training ends with the
+    parameters and losses of an unbroken run."""
+    from backend.models import pecrs
+
+    cfg = dict(epochs=1, batch_size=2, lr=1e-3, save_every=1, eval_every=3)
+    whole = train_pecrs(rec_dataset, config(tiny_llm_dir, **cfg), tmp_path / "whole")
+
+    real_step = pecrs.train_step
+    calls = {"n": 0}
+
+    def stop_at_five(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # Ctrl-C, or the session ending
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(pecrs, "train_step", stop_at_five)
+    with pytest.raises(KeyboardInterrupt):
+        train_pecrs(rec_dataset, config(tiny_llm_dir, **cfg), tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "train_state.pt").is_file()
+    monkeypatch.setattr(pecrs, "train_step", real_step)
+    resumed = train_pecrs(rec_dataset, config(tiny_llm_dir, **cfg), tmp_path / "resumed")
+    assert not (resumed / "train_state.pt").exists()
+
+    a = json.loads((whole / "metrics.json").read_text())
+    b = json.loads((resumed / "metrics.json").read_text())
+    assert b["resumed_at_step"] == 4 and a["loss"] == b["loss"] and a["dev"] == b["dev"]
+    one = torch.load(whole / "heads.pt", weights_only=True)
+    two = torch.load(resumed / "heads.pt", weights_only=True)
+    assert torch.allclose(one["special"], two["special"], atol=1e-6)
+    assert all(torch.allclose(v, two["heads"][k], atol=1e-6) for k, v in one["heads"].items())
+    from safetensors.torch import load_file
+
+    lora_one = load_file(whole / "adapter_model.safetensors")
+    lora_two = load_file(resumed / "adapter_model.safetensors")
+    assert all(torch.allclose(v, lora_two[k], atol=1e-6) for k, v in lora_one.items())

@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,7 @@ class PECRSConfig(ModelConfig):
     warmup_ratio: float = 0.1
     eval_every: int = 0  # optimizer steps between dev evaluations; 0 = once per epoch
     dev_samples: int = 200  # dev recommendation samples per evaluation (model selection)
+    save_every: int = 20  # optimizer steps between resumable training states (0 = at evals only)
     # Generation (§4.1: top-k sampling with k = 50; Table 8 compares the others).
     generate: bool = True  # false: rank only and answer with a template (fast evaluation)
     rerank: bool = True  # false: rank by the recall similarity alone (to measure each stage)
@@ -864,50 +865,55 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
     )
     rng = random.Random(cfg.seed)
     lengths = [len(s.context) + len(s.response) for s in train]
-    queue: list[list[int]] = []
-    history: list[dict[str, float]] = []
-    dev_history: list[dict[str, float]] = []
-    best = -1.0
+    run = TrainingRun(config={"dataset": dataset.name, **asdict(cfg)}, total=total)
+    resume = out_dir / "train_state.pt"
+    if run.restore(resume, net, optimizer, scheduler, rng):
+        log.info("pecrs: resuming at step %d of %d from %s", run.step, total, resume)
     start = time.perf_counter()
-    bar = ProgressBar(total=total, desc="pecrs", unit="step")
-    for step in range(1, total + 1):
+    bar = ProgressBar(total=total, initial=run.step, desc="pecrs", unit="step")
+    for step in range(run.step + 1, total + 1):
         micro = []
         for _ in range(cfg.grad_accum):
-            queue = queue or epoch_batches(lengths, cfg.batch_size, rng)
-            micro.append([train[i] for i in queue.pop()])
+            run.queue = run.queue or epoch_batches(lengths, cfg.batch_size, rng)
+            micro.append([train[i] for i in run.queue.pop()])
         losses = train_step(net, optimizer, scheduler, micro, rng)
-        history.append({"step": step, **{k: round(v, 5) for k, v in losses.items()}})
+        run.step = step
+        run.history.append({"step": step, **{k: round(v, 5) for k, v in losses.items()}})
         bar.update(1)
         bar.set_postfix({k: f"{v:.2f}" for k, v in losses.items()})
-        if step % eval_every == 0 or step == total:
+        evaluated = step % eval_every == 0 or step == total
+        if evaluated:
             train_seconds = time.perf_counter() - start
             score = (
                 dev_recall(net, built, dev_jobs, all_item_vectors(net))
                 if dev_jobs
                 else {"mean": 0.0}
             )
-            dev_history.append({"step": step, **score})
+            run.dev.append({"step": step, **score})
             log.info("pecrs step %d: dev %s", step, score)
-            if score["mean"] > best or not dev_jobs:
-                best = score["mean"]
+            if score["mean"] > run.best or not dev_jobs:
+                run.best, run.best_step = score["mean"], step
                 save_checkpoint(net, out_dir)
-                best_step = step
             start += time.perf_counter() - start - train_seconds  # dev time is not training time
+        if step < total and (evaluated or (cfg.save_every and step % cfg.save_every == 0)):
+            run.save(resume, net, optimizer, scheduler, rng)
     bar.close()
     seconds = time.perf_counter() - start
+    done = max(total - run.resumed_at, 1)  # steps this process ran, for the per-step figures
     metrics = {
-        "loss": history,
-        "dev": dev_history,
-        "best_step": best_step,
-        "best_dev": best,
+        "loss": run.history,
+        "dev": run.dev,
+        "best_step": run.best_step,
+        "best_dev": run.best,
+        "resumed_at_step": run.resumed_at,
         "steps": total,
         "examples_per_step": per_step,
         "train_turns": len(train),
         "steps_per_epoch": steps_per_epoch,
         "epochs_done": total / steps_per_epoch,
         "seconds": seconds,
-        "seconds_per_step": seconds / total,
-        "seconds_per_epoch": seconds / total * steps_per_epoch,
+        "seconds_per_step": seconds / done,
+        "seconds_per_epoch": seconds / done * steps_per_epoch,
         "total_seconds": time.perf_counter() - began,
         "trainable_parameters": trainable,
         "parameters": params,
@@ -921,8 +927,71 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
         **asdict(cfg),
     }
     save_run_files(out_dir, saved, metrics)
-    log.info("pecrs saved to %s (best dev mean recall %.4f at step %d)", out_dir, best, best_step)
+    resume.unlink(missing_ok=True)
+    log.info(
+        "pecrs saved to %s (best dev mean recall %.4f at step %d)", out_dir, run.best, run.best_step
+    )
     return out_dir
+
+
+@dataclass
+class TrainingRun:
+    """Where a training run stands; saved between steps so that a stopped run continues exactly.
+
+    The state holds the trainable weights (LoRA, heads, the embedding's special rows), the
+    optimizer and scheduler, the random generators, the epoch's remaining batches and the logs;
+    it is only taken up again by the same run (same config).
+    """
+
+    config: dict[str, Any]
+    total: int
+    step: int = 0
+    resumed_at: int = 0
+    queue: list[list[int]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    dev: list[dict[str, float]] = field(default_factory=list)
+    best: float = -1.0
+    best_step: int = 0
+
+    def save(
+        self, path: Path, net: PECRSNet, optimizer: Any, scheduler: Any, rng: random.Random
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "run": {k: v for k, v in asdict(self).items() if k != "resumed_at"},
+            "weights": {
+                n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad
+            },
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng.getstate(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        torch.save(state, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)  # a stop mid-write keeps the previous state
+
+    def restore(
+        self, path: Path, net: PECRSNet, optimizer: Any, scheduler: Any, rng: random.Random
+    ) -> bool:
+        """Take up the saved state of this same run, if there is one; True when resumed."""
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["run"]["config"] != self.config or state["run"]["total"] != self.total:
+            log.warning("pecrs: %s belongs to another run (config differs); starting over", path)
+            return False
+        params = dict(net.named_parameters())
+        with torch.no_grad():
+            for name, value in state["weights"].items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        for key, value in state["run"].items():
+            setattr(self, key, value)
+        self.resumed_at = self.step
+        return True
 
 
 def train_command(dataset_name: str) -> str:
