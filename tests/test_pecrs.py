@@ -326,3 +326,32 @@ def test_a_stopped_training_resumes_to_the_same_parameters(
     lora_one = load_file(whole / "adapter_model.safetensors")
     lora_two = load_file(resumed / "adapter_model.safetensors")
     assert all(torch.allclose(v, lora_two[k], atol=1e-6) for k, v in lora_one.items())
+
+
+def test_the_recommend_threshold_is_chosen_on_dev_and_makes_the_item_appear(
+    rec_dataset, tiny_llm_dir, tmp_path
+):
+    """The decision reads p([REC]); the threshold with the best dev item-presence F1 is saved
+    with the checkpoint; when it says recommend, the reply names the item (never a bare [ITEM])."""
+    from backend.models.pecrs import choose_rec_threshold
+
+    assert choose_rec_threshold([0.1, 0.4, 0.35, 0.8], [False, True, True, True])[0] == 0.35
+    assert choose_rec_threshold([0.9, 0.2], [False, True]) == (0.2, 2 / 3)
+
+    path = train_pecrs(rec_dataset, config(tiny_llm_dir, max_steps=1, batch_size=2), tmp_path / "c")
+    saved = json.loads((path / "config.json").read_text())
+    assert 0.0 <= saved["rec_threshold"] <= 1.0  # chosen on dev, not the argmax default
+    dialogue = rec_dataset.splits["test"][0].prefix(3)
+    always = create_model(
+        "pecrs", rec_dataset, {**TINY, "checkpoint": str(path), "rec_threshold": 0.0}
+    )
+    assert always.config.rec_threshold == 0.0
+    reply = always.respond(dialogue)
+    assert reply.recommends and reply.items[0].title in reply.text and "[ITEM]" not in reply.text
+    assert reply.trace[1].name == "recommend?" and "p([REC])" in reply.trace[1].input
+    never = create_model(
+        "pecrs", rec_dataset, {**TINY, "checkpoint": str(path), "rec_threshold": 1.5}
+    )
+    assert not never.respond(dialogue).recommends
+    tuned = create_model("pecrs", rec_dataset, {**TINY, "checkpoint": str(path)})
+    assert tuned.config.rec_threshold == saved["rec_threshold"]

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from backend.catalog import Catalog
 from backend.data.base import Dataset
 from backend.eval.evaluate import recommender_turns
-from backend.eval.metrics import recall_at_k
+from backend.eval.metrics import item_presence_f1, recall_at_k
 from backend.llm import best_device, resolve_model_dir
 from backend.progress import ProgressBar
 from backend.registry import CRSModel, ModelConfig, register, save_run_files, timed
@@ -91,6 +91,9 @@ class PECRSConfig(ModelConfig):
     eval_every: int = 0  # optimizer steps between dev evaluations; 0 = once per epoch
     dev_samples: int = 200  # dev recommendation samples per evaluation (model selection)
     save_every: int = 20  # optimizer steps between resumable training states (0 = at evals only)
+    # Recommend when p([REC] next) >= this; negative: when [REC] is the LM's most likely token.
+    # Training sets it to the dev split's best item-presence F1 (saved with the checkpoint).
+    rec_threshold: float = -1.0
     # Generation (§4.1: top-k sampling with k = 50; Table 8 compares the others).
     generate: bool = True  # false: rank only and answer with a template (fast evaluation)
     rerank: bool = True  # false: rank by the recall similarity alone (to measure each stage)
@@ -684,13 +687,37 @@ def retrieve(
     ]
 
 
+@dataclass
+class RecDecision:
+    """Whether each context's turn recommends: p([REC] next) and whether [REC] is the top token."""
+
+    p: torch.Tensor
+    top: torch.Tensor
+
+    def wants(self, threshold: float) -> list[bool]:
+        """The decision at ``threshold`` (negative: [REC] must be the most likely token)."""
+        chosen = self.top if threshold < 0 else self.p >= threshold
+        return [bool(w) for w in chosen.tolist()]
+
+
+def choose_rec_threshold(p: Sequence[float], gold: Sequence[bool]) -> tuple[float, float]:
+    """The threshold on p([REC]) with the best item-presence F1 on labelled turns, and that F1."""
+    best = (1.0, -1.0)
+    for threshold in sorted(set(p)):
+        f1 = item_presence_f1([x >= threshold for x in p], gold)["f1"]
+        if f1 > best[1]:
+            best = (threshold, f1)
+    return best
+
+
 def rank_items(
     net: PECRSNet,
     contexts: Sequence[list[int]],
     exclude: Sequence[set[int]],
     all_items: torch.Tensor,
-) -> tuple[list[list[tuple[int, float]]], torch.Tensor]:
-    """Recall then rerank for each context: (item row, rerank score) best first, and p([REC])."""
+) -> tuple[list[list[tuple[int, float]]], RecDecision]:
+    """Recall then rerank for each context: (item row, rerank score) best first, and the
+    recommend decision's inputs."""
     cfg = net.cfg
     rec = net.special[REC]
     with torch.inference_mode():
@@ -705,9 +732,9 @@ def rank_items(
         hidden = net.hidden(first)
         idx = torch.arange(len(contexts), device=net.device)
         queries = hidden[idx, first.rec_at]
-        # The LM's own choice of [REC] as the next token after the context decides to recommend.
+        # The LM's probability of [REC] as the next token after the context decides to recommend.
         next_logits = net.lm.get_output_embeddings()(hidden[idx, first.rec_at - 1]).float()
-        wants = next_logits.argmax(-1) == rec
+        wants = RecDecision(next_logits.softmax(-1)[:, rec], next_logits.argmax(-1) == rec)
         shortlists = retrieve(net, queries, exclude, cfg.m_infer, all_items)
         if not cfg.rerank:
             sims = net.similarity(queries, all_items)
@@ -803,6 +830,33 @@ def dev_recall(
     return result
 
 
+def dev_rec_threshold(
+    net: PECRSNet, built: Built, jobs: Sequence[tuple[Dialogue, int]], batch_size: int = 16
+) -> tuple[float, float]:
+    """The p([REC]) threshold with the best item-presence F1 on the system turns of ``jobs``."""
+    net.eval()
+    p: list[float] = []
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        contexts = [built.inputs.context(d.turns[:i]) for d, i in chunk]
+        with torch.inference_mode():
+            # As in rank_items: the state of the context's last token, before [REC].
+            batch = build_batch(
+                [c + [net.special[REC]] for c in contexts],
+                [len(c) for c in contexts],
+                [[] for _ in contexts],
+                [None] * len(contexts),
+                [len(c) for c in contexts],
+                net.device,
+            )
+            hidden = net.hidden(batch)
+            last = hidden[torch.arange(len(contexts), device=net.device), batch.rec_at - 1]
+            logits = net.lm.get_output_embeddings()(last).float()
+        p += logits.softmax(-1)[:, net.special[REC]].tolist()
+    gold = [bool(built.inputs.known(d.turns[i])) for d, i in jobs]
+    return choose_rec_threshold(p, gold)
+
+
 def all_item_vectors(net: PECRSNet, chunk: int = 512) -> torch.Tensor:
     """Eq. 1 for every item, computed once per inference (or dev evaluation)."""
     n = len(net.items.lengths)
@@ -837,6 +891,8 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
         for d, i in recommender_turns(dataset.splits.get("dev", []), rec_only=True)
         if built.inputs.known(d.turns[i])
     ][: cfg.dev_samples]
+    # The recommend threshold is chosen on system turns with and without an item.
+    dev_turns = recommender_turns(dataset.splits.get("dev", []))[: 2 * cfg.dev_samples]
     out_dir = Path(out_dir or cfg.checkpoint or default_checkpoint(dataset.name))
 
     per_step = cfg.batch_size * cfg.grad_accum
@@ -893,6 +949,14 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
             log.info("pecrs step %d: dev %s", step, score)
             if score["mean"] > run.best or not dev_jobs:
                 run.best, run.best_step = score["mean"], step
+                if dev_turns:
+                    run.rec_threshold, f1 = dev_rec_threshold(net, built, dev_turns)
+                    log.info(
+                        "pecrs step %d: [REC] threshold %.3f, dev item F1 %.3f",
+                        step,
+                        run.rec_threshold,
+                        f1,
+                    )
                 save_checkpoint(net, out_dir)
             start += time.perf_counter() - start - train_seconds  # dev time is not training time
         if step < total and (evaluated or (cfg.save_every and step % cfg.save_every == 0)):
@@ -925,6 +989,7 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
         "dataset": dataset.name,
         "backbone_resolved": built.backbone,
         **asdict(cfg),
+        "rec_threshold": run.rec_threshold if cfg.rec_threshold < 0 else cfg.rec_threshold,
     }
     save_run_files(out_dir, saved, metrics)
     resume.unlink(missing_ok=True)
@@ -952,6 +1017,7 @@ class TrainingRun:
     dev: list[dict[str, float]] = field(default_factory=list)
     best: float = -1.0
     best_step: int = 0
+    rec_threshold: float = -1.0  # chosen on dev with the best checkpoint
 
     def save(
         self, path: Path, net: PECRSNet, optimizer: Any, scheduler: Any, rng: random.Random
@@ -1024,6 +1090,8 @@ class PECRS(CRSModel):
         # The checkpoint fixes the network's shape and inputs; these keys come from it.
         for key in ("lora_r", "lora_alpha", "item_tokens", "title_only", "temperature"):
             setattr(cfg, key, trained[key])
+        if cfg.rec_threshold < 0:  # unless given, the threshold chosen on dev in training
+            cfg.rec_threshold = float(trained.get("rec_threshold", -1.0))
         cfg.backbone = trained["backbone_resolved"]
         self.built = build(dataset, cfg, checkpoint=path)
         self.net = self.built.net
@@ -1061,18 +1129,19 @@ class PECRS(CRSModel):
     def _respond_batch(self, dialogues: Sequence[Dialogue]) -> list[Reply]:
         started = time.perf_counter()
         contexts, exclude = zip(*(self._context(d) for d in dialogues), strict=True)
-        ranked, wants = rank_items(self.net, contexts, exclude, self.all_items)
+        ranked, decision = rank_items(self.net, contexts, exclude, self.all_items)
+        wants = decision.wants(self.config.rec_threshold)
         ranked_at = time.perf_counter()
         texts: list[str] = [""] * len(dialogues)
         net = self.net
         if self.config.generate:
             prompts = [
                 c + ([net.special[REC], slot(r[0][0]), net.special[REC_END]] if w and r else [])
-                for c, r, w in zip(contexts, ranked, wants.tolist(), strict=True)
+                for c, r, w in zip(contexts, ranked, wants, strict=True)
             ]
             texts = generate_responses(net, prompts)
         replies = []
-        for ranking, want, raw in zip(ranked, wants.tolist(), texts, strict=True):
+        for ranking, want, p, raw in zip(ranked, wants, decision.p.tolist(), texts, strict=True):
             items = [
                 ScoredItem(
                     item_id=self.built.item_ids[row],
@@ -1083,13 +1152,12 @@ class PECRS(CRSModel):
             ]
             titles = [s.title for s in items]
             text = fill_items(raw, titles) if self.config.generate else ""
-            recommends = ITEM in raw if self.config.generate else bool(want)
-            if not text:  # not generating, or the LM stopped at once: a template says the same
-                text = (
-                    f"You might like {titles[0]}."
-                    if recommends and titles
-                    else "What kind of movies do you like?"
-                )
+            recommends = want and bool(titles)
+            if recommends and ITEM not in raw:
+                # The decision says recommend, so the reply names the item even if the LM did not.
+                text = f"You might like {titles[0]}. {text}".strip()
+            if not text:  # not generating, or the LM stopped at once
+                text = "What kind of movies do you like?"
             trace = [
                 TraceStep(
                     name="recall + rerank",
@@ -1097,7 +1165,11 @@ class PECRS(CRSModel):
                     output=[(s.title, round(s.score, 3)) for s in items[:10]],
                     seconds=(ranked_at - started) / len(dialogues),
                 ),
-                TraceStep(name="recommend?", output=f"[REC] is the LM's next token: {bool(want)}"),
+                TraceStep(
+                    name="recommend?",
+                    input=f"p([REC]) = {p:.3f}, threshold {self.config.rec_threshold:g}",
+                    output=bool(want),
+                ),
             ]
             if self.config.generate:
                 trace.append(TraceStep(name="generate", input=self.config.decoding, output=raw))
