@@ -21,6 +21,7 @@ from backend.models.pecrs import (
     REC_END,
     SEP,
     PECRSConfig,
+    Sample,
     all_item_vectors,
     build,
     build_batch,
@@ -65,7 +66,7 @@ def test_mentions_become_item_vectors_behind_role_markers(rec_dataset, tiny_llm_
     built = build(rec_dataset, config(tiny_llm_dir))
     inputs, special = built.inputs, built.net.special
     dialogue = rec_dataset.splits["train"][0]
-    sample = inputs.sample(dialogue, 3)
+    (sample,) = inputs.turn_samples(dialogue, 3)
     row = {i: r for r, i in enumerate(built.item_ids)}
     # The seeker's Heat (1995) is [SEP] v [SEP]; the recommender's Usual Suspects [REC] v [REC_END].
     ctx = sample.context
@@ -355,3 +356,43 @@ def test_the_recommend_threshold_is_chosen_on_dev_and_makes_the_item_appear(
     assert not never.respond(dialogue).recommends
     tuned = create_model("pecrs", rec_dataset, {**TINY, "checkpoint": str(path)})
     assert tuned.config.rec_threshold == saved["rec_threshold"]
+
+
+def test_every_movie_of_a_response_is_a_sample_and_epochs_favour_recommending_turns(
+    rec_dataset, tiny_llm_dir
+):
+    from backend.models.pecrs import epoch_order
+
+    built = build(rec_dataset, config(tiny_llm_dir))
+    two = Dialogue(
+        id="x",
+        turns=[
+            Turn(role="user", text="crime please"),
+            Turn(role="system", text="Heat (1995) or The Usual Suspects (1995)?", items=["1", "3"]),
+        ],
+    )
+    row = {i: r for r, i in enumerate(built.item_ids)}
+    assert [s.gold for s in built.inputs.turn_samples(two, 1)] == [row["1"], row["3"]]
+    paper = build(rec_dataset, config(tiny_llm_dir, every_item=False))
+    assert [s.gold for s in paper.inputs.turn_samples(two, 1)] == [row["1"]]
+
+    samples = [Sample([1], [2], 0)] * 10 + [Sample([1], [2], None)] * 90
+    order = epoch_order(samples, 0.75, random.Random(0))
+    assert sum(samples[i].gold is not None for i in order) == 10 and len(order) == 13
+    assert len(epoch_order(samples, 0.0, random.Random(0))) == 100  # the paper's natural mix
+
+
+def test_item_bias_starts_from_log_popularity_and_shifts_recall(rec_dataset, tiny_llm_dir):
+    built = build(rec_dataset, config(tiny_llm_dir))
+    row = {i: r for r, i in enumerate(built.item_ids)}
+    bias = built.net.heads.bias
+    # Train mentions: Usual Suspects (3) and Alien (4) four times each, Toy Story (2) four times.
+    assert bias.requires_grad and bias[row["3"]] > bias[row["5"]] == 0.0
+    plain = build(rec_dataset, config(tiny_llm_dir, item_bias=False)).net.heads.bias
+    assert not plain.requires_grad and float(plain.abs().sum()) == 0.0
+    queries = torch.zeros(1, built.net.lm.config.hidden_size)
+    items = all_item_vectors(built.net)
+    with torch.no_grad():
+        shifted = built.net.similarity(queries, items) - bias
+        bias.zero_()
+        assert torch.allclose(built.net.similarity(queries, items), shifted, atol=1e-5)

@@ -42,6 +42,7 @@ from backend.data.base import Dataset
 from backend.eval.evaluate import recommender_turns
 from backend.eval.metrics import item_presence_f1, recall_at_k
 from backend.llm import best_device, resolve_model_dir
+from backend.models.popularity import item_counts
 from backend.progress import ProgressBar
 from backend.registry import CRSModel, ModelConfig, register, save_run_files, timed
 from backend.settings import get_settings
@@ -65,7 +66,7 @@ class PECRSConfig(ModelConfig):
     trained_on: str = ""  # dataset whose default checkpoint to load (the demo serves llm-redial's)
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0  # peft's usual 0.05 costs ~15% of a CPU step in dropout masks
     # Inputs (§4.1: context capped at 256 tokens, response at 64).
     context_tokens: int = 256
     response_tokens: int = 64
@@ -76,6 +77,12 @@ class PECRSConfig(ModelConfig):
     m_infer: int = 700  # candidates retrieved for reranking at inference (§4.1)
     share_negatives: bool = True  # Table 5 "w/o Neg. sharing (batch)" when false
     temperature: float = 0.05  # cosine / temperature are the recall logits
+    # Deviations that make short CPU runs learn (issue 14); the paper's value is the other one.
+    item_bias: bool = (
+        True  # a per-item recall bias started from log(1 + train mentions); paper: off
+    )
+    every_item: bool = True  # each movie of a response is a sample; paper: the first one only
+    rec_fraction: float = 0.75  # share of recommending turns in an epoch; 0 = natural mix (paper)
     # Loss weights of Eq. 8; alpha=0 is "w/o Recall loss", beta=0 "w/o Rerank loss".
     alpha: float = 0.15
     beta: float = 0.85
@@ -178,18 +185,30 @@ class Inputs:
         text = " " + mask_mentions(turn.text, self.known(turn), self.catalog)
         return self.ids(text)[: self.cfg.response_tokens - 1] + [self.eos]
 
-    def sample(self, dialogue: Dialogue, i: int) -> Sample:
+    def turn_samples(self, dialogue: Dialogue, i: int) -> list[Sample]:
+        """The samples of system turn ``i``: one per movie it names (``every_item``), or one for
+        its first movie as in the paper (§3.1), or one without a movie."""
         turn = dialogue.turns[i]
         known = self.known(turn)
-        return Sample(
-            context=self.context(dialogue.turns[:i]),
-            response=self.response(turn),
-            # One recommended movie per response, as in the paper (§3.1).
-            gold=self.row[known[0]] if known else None,
-        )
+        context, response = self.context(dialogue.turns[:i]), self.response(turn)
+        golds = known if self.cfg.every_item else known[:1]
+        return [Sample(context, response, self.row[g]) for g in golds] or [
+            Sample(context, response, None)
+        ]
 
     def samples(self, dialogues: Sequence[Dialogue]) -> list[Sample]:
-        return [self.sample(d, i) for d, i in recommender_turns(dialogues)]
+        return [s for d, i in recommender_turns(dialogues) for s in self.turn_samples(d, i)]
+
+
+def epoch_order(samples: Sequence[Sample], rec_fraction: float, rng: random.Random) -> list[int]:
+    """The sample indices of one epoch: every recommending sample, and as many of the others as
+    make recommending samples ``rec_fraction`` of the epoch (all of them when it is 0)."""
+    rec = [i for i, s in enumerate(samples) if s.gold is not None]
+    other = [i for i, s in enumerate(samples) if s.gold is None]
+    if rec_fraction > 0 and rec:
+        keep = min(len(other), round(len(rec) * (1 - rec_fraction) / rec_fraction))
+        other = rng.sample(other, keep)
+    return rec + other
 
 
 def item_text_hash(texts: Sequence[str], backbone: str, cfg: PECRSConfig) -> str:
@@ -232,11 +251,13 @@ class ItemPooling(nn.Module):
 class PECRSHeads(nn.Module):
     """Everything PECRS trains besides LoRA: item pooling, f (projection), g (rerank scorer)."""
 
-    def __init__(self, hidden: int, max_item_tokens: int):
+    def __init__(self, hidden: int, max_item_tokens: int, n_items: int):
         super().__init__()
         self.items = ItemPooling(hidden, max_item_tokens)
         self.f = mlp(hidden, hidden)  # two-layer MLP with ReLU (§3.3)
         self.g = mlp(hidden, 1)
+        # Added to every recall logit (item_bias); zeros keep the paper's pure cosine.
+        self.bias = nn.Parameter(torch.zeros(n_items), requires_grad=False)
         self.register_buffer("token_norm", torch.ones(()))  # mean norm of the LM's token embeddings
 
 
@@ -426,7 +447,7 @@ class PECRSNet(nn.Module):
     def similarity(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Recall logits: cosine of f(d_t) and each item vector, over the temperature."""
         q = F.normalize(self.heads.f(queries.float()), dim=-1)
-        return q @ F.normalize(keys.float(), dim=-1).T / self.cfg.temperature
+        return q @ F.normalize(keys.float(), dim=-1).T / self.cfg.temperature + self.heads.bias
 
     def rerank_scores(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
         """g(f(LM state of each candidate)), -inf on padding: (B, K)."""
@@ -493,6 +514,7 @@ def pecrs_losses(net: PECRSNet, batch: Batch) -> dict[str, torch.Tensor]:
         keys = net.item_vectors(cands.clamp(min=0).flatten()).view(*cands.shape, -1)
         q = F.normalize(net.heads.f(queries.float()), dim=-1)
         sims = torch.einsum("rh,rkh->rk", q, F.normalize(keys.float(), dim=-1)) / cfg.temperature
+        sims = sims + net.heads.bias[cands.clamp(min=0)]
         sims = sims.masked_fill(cands < 0, -torch.inf)
         recall = F.cross_entropy(sims, batch.gold_at[rows])
         scores = net.rerank_scores(hidden, batch)[rows]
@@ -633,7 +655,12 @@ def build(dataset: Dataset, cfg: PECRSConfig, checkpoint: Path | None = None) ->
         peft_lm = get_peft_model(lm, lora)
     else:
         peft_lm = PeftModel.from_pretrained(lm, checkpoint, is_trainable=True)
-    heads = PECRSHeads(lm.config.hidden_size, cfg.item_tokens)
+    heads = PECRSHeads(lm.config.hidden_size, cfg.item_tokens, len(item_ids))
+    if cfg.item_bias:
+        counts = item_counts(dataset)
+        with torch.no_grad():
+            heads.bias.copy_(torch.tensor([math.log1p(counts.get(i, 0)) for i in item_ids]))
+        heads.bias.requires_grad_(True)
     heads.items.mean, heads.items.std = items.feature_stats()
     heads.token_norm = (
         lm.get_input_embeddings().weight[: -len(SPECIAL_TOKENS)].norm(dim=-1).mean().detach().cpu()
@@ -643,6 +670,8 @@ def build(dataset: Dataset, cfg: PECRSConfig, checkpoint: Path | None = None) ->
     special_rows = [net.special[t] for t in SPECIAL_TOKENS]
     if checkpoint is not None:
         state = torch.load(checkpoint / "heads.pt", map_location=device)
+        # Checkpoints from before item_bias have none: their recall is the plain cosine.
+        state["heads"].setdefault("bias", torch.zeros(len(item_ids), device=device))
         heads.load_state_dict(state["heads"])
         with torch.no_grad():
             net.lm.get_input_embeddings().weight[special_rows] = state["special"].to(device)
@@ -896,7 +925,8 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
     out_dir = Path(out_dir or cfg.checkpoint or default_checkpoint(dataset.name))
 
     per_step = cfg.batch_size * cfg.grad_accum
-    steps_per_epoch = math.ceil(len(train) / per_step)
+    epoch_size = len(epoch_order(train, cfg.rec_fraction, random.Random(0)))
+    steps_per_epoch = math.ceil(epoch_size / per_step)
     total = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
@@ -930,7 +960,10 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
     for step in range(run.step + 1, total + 1):
         micro = []
         for _ in range(cfg.grad_accum):
-            run.queue = run.queue or epoch_batches(lengths, cfg.batch_size, rng)
+            if not run.queue:
+                order = epoch_order(train, cfg.rec_fraction, rng)
+                batches = epoch_batches([lengths[i] for i in order], cfg.batch_size, rng)
+                run.queue = [[order[j] for j in batch] for batch in batches]
             micro.append([train[i] for i in run.queue.pop()])
         losses = train_step(net, optimizer, scheduler, micro, rng)
         run.step = step
@@ -1188,7 +1221,10 @@ class PECRS(CRSModel):
         """Summed negative log-likelihood and token count of each reference response, given its
         context and, when it names one, its gold item (Eq. 6): the perplexity of Table 3."""
         samples = [
-            self.built.inputs.sample(d.model_copy(update={"turns": [*d.turns, ref]}), len(d.turns))
+            # Perplexity conditions on the first movie only, as the paper's one gold per response.
+            self.built.inputs.turn_samples(
+                d.model_copy(update={"turns": [*d.turns, ref]}), len(d.turns)
+            )[0]
             for d, ref in zip(dialogues, references, strict=True)
         ]
         net = self.net
