@@ -38,7 +38,15 @@ from backend.registry import create_model
 from backend.types import Dialogue, Reply, Turn
 from tests.conftest import make_dataset
 
-TINY = {"device": "cpu", "m_train": 3, "m_infer": 5, "item_tokens": 16, "max_new_tokens": 8}
+# grad_accum 1: the tests count one optimizer step per micro-batch of `batch_size`.
+TINY = {
+    "device": "cpu",
+    "m_train": 3,
+    "m_infer": 5,
+    "item_tokens": 16,
+    "max_new_tokens": 8,
+    "grad_accum": 1,
+}
 
 
 @pytest.fixture
