@@ -87,7 +87,9 @@ def why(item: Item, dialogue: Dialogue, catalog: Catalog) -> str:
     decade = asked_decade(user_text)
     if decade and item.year and decade <= item.year < decade + 10:
         reasons.append(f"from the {decade}s")
-    liked = [catalog[i] for i in dialogue.mentioned_items() if i in catalog]
+    # Only films the user named: the system's own earlier suggestions are no evidence of taste.
+    named = dict.fromkeys(i for t in dialogue.turns if t.role == "user" for i in t.items)
+    liked = [catalog[i] for i in named if i in catalog]
     for other in liked:
         shared = [g for g in item.genres if g in other.genres]
         if len(shared) >= 2 or (shared and len(other.genres) == 1):

@@ -101,3 +101,23 @@ def test_llm_zero_shot_free_naming_baseline_stays_available(tiny_dataset):
     assert all(item.item_id in tiny_dataset.catalog and item.item_id != "1" for item in reply.items)
     assert [s.name for s in reply.trace] == ["prompt", "generate", "fuzzy match"]
     assert reply.completion_tokens > 0
+
+
+def test_a_decade_asked_later_filters_the_choice_and_reasons_cite_only_the_users_films(
+    tiny_dataset,
+):
+    """Asked for something older after a first suggestion, the grounded model keeps to the decade
+    the user named last; the card's reason cites films the user named, not its own suggestions."""
+    model = create_model("llm-zero-shot", tiny_dataset)
+    dialogue = Dialogue(
+        id="x",
+        turns=[
+            Turn(role="user", text="I loved Heat (1995). Any action?", items=["1"]),
+            Turn(role="system", text="Try Aliens (1986).", items=["5"]),
+            Turn(role="user", text="Something from the 1970s instead?"),
+        ],
+    )
+    reply = model.respond(dialogue)
+    assert reply.items[0].title == "Alien (1979)"
+    assert reply.items[0].why == "From the 1970s"  # not "like Aliens (1986)", its own suggestion
+    assert not {"1", "5"} & set(reply.item_ids)

@@ -30,7 +30,7 @@ from backend.mentions import candidate_titles, match_titles
 from backend.models.popularity import item_counts
 from backend.models.retrieval import Retrieval, RetrievalConfig
 from backend.models.templates import recommendation_text
-from backend.registry import CRSModel, ModelConfig, register, timed
+from backend.registry import CRSModel, ModelConfig, fresh_items, register, timed
 from backend.types import Dialogue, Item, Reply, ScoredItem, TraceStep, UserHistory
 
 SYSTEM_PROMPT = (
@@ -73,7 +73,8 @@ class LLMZeroShotConfig(ModelConfig):
     grounding: str = "retrieved"  # retrieved: choose among catalog candidates | free: name titles
     candidates: int = 20  # retrieved candidates, re-ranked by the asked genres and decade
     scored: int = 8  # of them, how many the LLM scores (one forward pass each)
-    constraint_weight: float = 0.1  # cosine bonus for the asked genres (share) and decade
+    constraint_weight: float = 0.15  # cosine bonus for the share of the asked genres an item has
+    decade_weight: float = 1.0  # bonus for the asked decade: above any cosine, so a filter
     llm_weight: float = 0.5  # weight of the LLM's (z-scored) choice against retrieval's
     clause_tokens: int = 24  # the LLM's sentence about the chosen item
     device: str = "auto"  # for the retrieval encoder
@@ -166,29 +167,41 @@ class LLMZeroShot(CRSModel):
     # ------------------------------------------------------------------ grounded: choose, write
 
     def candidates(self, dialogue: Dialogue) -> tuple[list[ScoredItem], TraceStep]:
-        """Retrieved items, re-ranked by the genres and decade the user asked for."""
+        """The whole catalog scored by the dialogue's cosine, plus the share of the asked genres
+        an item has, plus ``decade_weight`` when it is from the decade the user last asked for
+        (so large that it acts as a filter while any such film is left)."""
         assert self.retriever is not None
-        user_text = " ".join(t.text for t in dialogue.turns if t.role == "user")
-        genres, decade = asked_genres(user_text), asked_decade(user_text)
-        bonus = self.config.constraint_weight
-        rescored = []
-        for s in self.retriever.respond(dialogue).items:
-            item = self.catalog[s.item_id]
-            if not (item.year or item.genres):
-                continue  # a placeholder row (MovieLens lists a film called "unknown")
-            score = s.score
-            if genres:
-                score += bonus * sum(g in item.genres for g in genres) / len(genres)
-            if decade and item.year and decade <= item.year < decade + 10:
-                score += bonus
-            rescored.append(s.model_copy(update={"score": score}))
-        rescored.sort(key=lambda s: -s.score)
+        user_turns = [t.text for t in dialogue.turns if t.role == "user"]
+        genres = asked_genres(" ".join(user_turns))
+        decade = next((d for t in reversed(user_turns) if (d := asked_decade(t))), None)
+        scores = self.retriever.scores(self.retriever.query_vectors([dialogue]), 0.0)[0]
+        if genres:
+            share = np.array([sum(g in item.genres for g in genres) for item in self.catalog])
+            scores = scores + self.config.constraint_weight * share / len(genres)
+        if decade:
+            years = np.array([item.year or 0 for item in self.catalog])
+            scores = scores + self.config.decade_weight * (
+                (years >= decade) & (years < decade + 10)
+            )
+        seen = set(dialogue.mentioned_items())
+        ranked = []
+        for j in np.argsort(-scores):
+            item = self.catalog[self.catalog.ids[j]]
+            # A placeholder row (MovieLens lists a film called "unknown") is no recommendation.
+            if item.id in seen or not (item.year or item.genres):
+                continue
+            ranked.append(
+                ScoredItem(item_id=item.id, score=float(scores[j]), title=item.display_title)
+            )
+            if len(ranked) >= self.config.candidates:
+                break
+        ranked = fresh_items(ranked, seen, self.config.candidates)
         step = TraceStep(
             name="retrieve",
             input={"genres asked": genres, "decade asked": decade},
-            output=[(s.title, round(s.score, 3)) for s in rescored[: self.config.scored]],
+            output=[(s.title, round(s.score, 3)) for s in ranked[: self.config.scored]],
         )
-        return rescored, step
+        return ranked, step
 
     def title_logprob(self, prompt: str, title: str) -> tuple[float, int]:
         tokens = self.llm.token_logprobs(prompt, " " + title)
