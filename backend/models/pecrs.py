@@ -412,6 +412,19 @@ class PECRSNet(nn.Module):
         self.items = items
         self.cfg = cfg
         self.special = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+        # The special tokens' rows train as their own parameter (§3.5 trains only these rows),
+        # so the optimiser never holds gradients or moments for the tied embedding's other rows.
+        ids = [self.special[t] for t in SPECIAL_TOKENS]
+        weight = lm.get_input_embeddings().weight
+        self.register_buffer(
+            "special_ids", torch.tensor(ids, device=weight.device), persistent=False
+        )
+        self.special_rows = nn.Parameter(weight[ids].detach().clone())
+
+    def sync_special(self) -> None:
+        """Write the trained special rows into the (frozen, tied) embedding, for generate()."""
+        with torch.no_grad():
+            self.lm.get_input_embeddings().weight[self.special_ids] = self.special_rows
 
     @property
     def device(self) -> torch.device:
@@ -430,6 +443,10 @@ class PECRSNet(nn.Module):
         """Token embeddings, with each item slot replaced by that item's vector (Eq. 2)."""
         is_item = ids < 0
         embeds = self.lm.get_input_embeddings()(ids.clamp(min=0))
+        which = ids[..., None] == self.special_ids  # (B, L, 4): which special token, if any
+        if which.any():
+            special = which.to(self.special_rows.dtype) @ self.special_rows
+            embeds = torch.where(which.any(-1, keepdim=True), special, embeds)
         if is_item.any():
             rows = -1 - ids[is_item]
             unique, inverse = rows.unique(return_inverse=True)
@@ -500,7 +517,10 @@ def pecrs_losses(net: PECRSNet, batch: Batch) -> dict[str, torch.Tensor]:
     # Generation: the vocabulary projection only where a label is (cheap on CPU).
     labels = batch.labels
     where = labels != -100
-    logits = net.lm.get_output_embeddings()(hidden[where]).float()
+    states = hidden[where]
+    logits = net.lm.get_output_embeddings()(states).float()
+    # The special tokens' logits from their trained rows (the tied weight only gets a copy).
+    logits = logits.index_copy(1, net.special_ids, (states @ net.special_rows.T).float())
     token_loss = F.cross_entropy(logits, labels[where], reduction="none")
     per_row = torch.zeros(labels.shape[0], device=hidden.device).index_add(
         0, where.nonzero()[:, 0], token_loss
@@ -545,6 +565,7 @@ def train_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad()
+    net.sync_special()
     return sums
 
 
@@ -555,23 +576,10 @@ def trainable_parameters(net: PECRSNet) -> list[nn.Parameter]:
     return [p for p in net.parameters() if p.requires_grad]
 
 
-def only_special_rows(embedding: nn.Embedding, rows: Sequence[int]) -> None:
-    """Train only the special tokens' rows of the (tied) embedding matrix (§3.5)."""
-    keep = torch.zeros(embedding.weight.shape[0], 1, dtype=embedding.weight.dtype)
-    keep[list(rows)] = 1
-    embedding.weight.requires_grad_(True)
-    embedding.weight.register_hook(lambda grad: grad * keep.to(grad.device))
-
-
 def count_trainable(net: PECRSNet) -> tuple[int, int]:
-    """(trainable, total) parameters, counting only the special rows of the embedding."""
-    embedding = net.lm.get_input_embeddings().weight
+    """(trainable, total) parameters; the special rows count once (their copy is frozen)."""
     total = sum(p.numel() for p in {id(p): p for p in net.parameters()}.values())
-    trainable = (
-        sum(p.numel() for p in trainable_parameters(net) if p is not embedding)
-        + len(SPECIAL_TOKENS) * embedding.shape[1]
-    )
-    return trainable, total
+    return sum(p.numel() for p in trainable_parameters(net)), total - net.special_rows.numel()
 
 
 def encode_items(
@@ -674,15 +682,14 @@ def build(dataset: Dataset, cfg: PECRSConfig, checkpoint: Path | None = None) ->
     )
     heads.to(device)
     net = PECRSNet(peft_lm, tokenizer, heads, items, cfg)
-    special_rows = [net.special[t] for t in SPECIAL_TOKENS]
     if checkpoint is not None:
         state = torch.load(checkpoint / "heads.pt", map_location=device)
         # Checkpoints from before item_bias have none: their recall is the plain cosine.
         state["heads"].setdefault("bias", torch.zeros(len(item_ids), device=device))
         heads.load_state_dict(state["heads"])
         with torch.no_grad():
-            net.lm.get_input_embeddings().weight[special_rows] = state["special"].to(device)
-    only_special_rows(net.lm.get_input_embeddings(), special_rows)
+            net.special_rows.copy_(state["special"].to(device))
+        net.sync_special()
     return Built(
         net=net,
         item_ids=item_ids,
@@ -695,8 +702,7 @@ def save_checkpoint(net: PECRSNet, out_dir: Path) -> None:
     """LoRA (peft's format), the heads and the special-token embedding rows."""
     out_dir.mkdir(parents=True, exist_ok=True)
     net.lm.save_pretrained(out_dir)
-    rows = [net.special[t] for t in SPECIAL_TOKENS]
-    special = net.lm.get_input_embeddings().weight[rows].detach().cpu()
+    special = net.special_rows.detach().cpu()
     torch.save({"heads": net.heads.state_dict(), "special": special}, out_dir / "heads.pt")
 
 
@@ -1094,6 +1100,7 @@ class TrainingRun:
         scheduler.load_state_dict(state["scheduler"])
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
+        net.sync_special()
         for key, value in state["run"].items():
             setattr(self, key, value)
         self.resumed_at = self.step
