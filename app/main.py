@@ -181,59 +181,48 @@ def build_demo(client: BackendClient, engine: Any) -> gr.Blocks:
 
                 def on_send(message: str, model_name: str | None, user_id: str, dlg: Dialogue):
                     """Yields the outputs below; the text box is emptied only once answered."""
-                    message = (message or "").strip()
-                    if not model_name:
-                        yield gr.skip(), dlg, gr.skip(), gr.skip(), gr.skip(), NO_MODEL, gr.skip()
-                        return
-                    if not message:
-                        yield (
-                            gr.skip(),
+
+                    def shown(messages=None, status_line=None, reply=None):
+                        """One update of the outputs (None: left as it is); cards, chart and
+                        trace come with a reply."""
+                        keep = gr.skip()
+                        if reply is None:
+                            return (
+                                keep if messages is None else messages,
+                                dlg,
+                                keep,
+                                keep,
+                                keep,
+                                keep if status_line is None else status_line,
+                                keep,
+                            )
+                        return (
+                            messages,
                             dlg,
-                            gr.skip(),
-                            gr.skip(),
-                            gr.skip(),
-                            "Type a message first.",
-                            gr.skip(),
+                            item_cards(reply, items_of(client, reply)),
+                            score_chart(reply),
+                            trace_markdown(reply),
+                            "",
+                            "",
                         )
+
+                    message = (message or "").strip()
+                    refusal = (
+                        NO_MODEL
+                        if not model_name
+                        else "Type a message first."
+                        if not message
+                        else too_long(client, message)
+                    )
+                    if refusal:
+                        yield shown(status_line=refusal)
                         return
-                    if refusal := too_long(client, message):
-                        yield gr.skip(), dlg, gr.skip(), gr.skip(), gr.skip(), refusal, gr.skip()
-                        return
-                    for messages, dialogue_now, reply, error in chat_turn(
+                    for messages, _, reply, error in chat_turn(
                         client, model_name, message, dlg, user_id
                     ):
                         if dlg.meta.get(ABANDONED):
                             return  # New chat was clicked: this reply must not come back
-                        if error:
-                            yield (
-                                messages,
-                                dialogue_now,
-                                gr.skip(),
-                                gr.skip(),
-                                gr.skip(),
-                                error,
-                                gr.skip(),
-                            )
-                        elif reply is None:
-                            yield (
-                                messages,
-                                dialogue_now,
-                                gr.skip(),
-                                gr.skip(),
-                                gr.skip(),
-                                "",
-                                gr.skip(),
-                            )
-                        else:
-                            yield (
-                                messages,
-                                dialogue_now,
-                                item_cards(reply, items_of(client, reply)),
-                                score_chart(reply),
-                                trace_markdown(reply),
-                                "",
-                                "",
-                            )
+                        yield shown(messages, error, reply)
 
                 outputs = [chatbot, dialogue, cards, chart, trace, status, text]
                 sending = send.click(

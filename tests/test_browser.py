@@ -195,7 +195,7 @@ def test_a_model_trains_while_the_page_is_open_then_chats(tmp_path, browser):
             {
                 "name": "sasrec",
                 "config": {"checkpoint": str(checkpoint)},
-                "train": ["--epochs", "5", "--out", str(checkpoint)],
+                "train": ["--epochs", "20", "--out", str(checkpoint)],  # long enough to watch
             },
         ],
     }
