@@ -163,6 +163,9 @@ class LLMZeroShot(CRSModel):
         self._prior: dict[str, float] = {}  # title log-probability under the neutral prompt
         counts = item_counts(dataset)
         self.popularity = {i: float(counts.get(i, 0)) for i in self.catalog.ids}
+        # Read once: every request filters the whole catalog by year and genre.
+        self.years = np.array([item.year or 0 for item in self.catalog])
+        self.genres = [set(item.genres) for item in self.catalog]
 
     # ------------------------------------------------------------------ grounded: choose, write
 
@@ -176,13 +179,11 @@ class LLMZeroShot(CRSModel):
         decade = next((d for t in reversed(user_turns) if (d := asked_decade(t))), None)
         scores = self.retriever.scores(self.retriever.query_vectors([dialogue]), 0.0)[0]
         if genres:
-            share = np.array([sum(g in item.genres for g in genres) for item in self.catalog])
+            share = np.array([len(have.intersection(genres)) for have in self.genres])
             scores = scores + self.config.constraint_weight * share / len(genres)
         if decade:
-            years = np.array([item.year or 0 for item in self.catalog])
-            scores = scores + self.config.decade_weight * (
-                (years >= decade) & (years < decade + 10)
-            )
+            in_decade = (self.years >= decade) & (self.years < decade + 10)
+            scores = scores + self.config.decade_weight * in_decade
         seen = set(dialogue.mentioned_items())
         ranked = []
         for j in np.argsort(-scores):
