@@ -27,6 +27,7 @@ import gradio as gr
 from sqlalchemy.exc import OperationalError
 
 from app.cards import chat_messages, escape_text, item_cards, items_of
+from app.in_flight import CLICK_TIME_JS, InFlight
 from backend.client import BackendClient, BackendError, RequestError, plain_message
 from backend.server import Health
 from backend.settings import get_settings
@@ -491,6 +492,8 @@ def build_arena_tab(
     Returns the two model pickers, whose choices the page refreshes as models become ready."""
     arena = Arena(client, engine, rules or ArenaRules.from_env())
     state = gr.State(None)
+    flight = gr.State(InFlight)
+    clicked_at = gr.Number(visible=False)  # set by CLICK_TIME_JS on each click
     # A per-browser id in local storage: the daily vote cap counts per browser, not per page load.
     visitor = gr.BrowserState(None, storage_key="crs-arena-visitor")
     with gr.Row():
@@ -551,9 +554,21 @@ def build_arena_tab(
 
     outputs = [state, chat_a, chat_b, items_a, items_b, *vote_buttons, status, export]
 
-    def on_send(message: str, round_: ArenaRound | None, mode_: str, a: str | None, b: str | None):
-        for shown, status_line, box in arena.send(round_, message, mode_, a, b):
-            yield [*view(shown, status_line), gr.skip() if box is None else box]
+    def on_send(
+        message: str,
+        round_: ArenaRound | None,
+        mode_: str,
+        a: str | None,
+        b: str | None,
+        flight: InFlight,
+        clicked_at: float | None = None,
+    ):
+        with flight.streaming(clicked_at) as stream:
+            for shown, status_line, box in arena.send(round_, message, mode_, a, b):
+                if stream.abandoned:
+                    _drop(shown)
+                    return
+                yield [*view(shown, status_line), gr.skip() if box is None else box]
 
     def on_vote(choice: str):
         def handler(round_: ArenaRound | None, visitor_id: str | None, request: gr.Request):
@@ -562,24 +577,33 @@ def build_arena_tab(
 
         return handler
 
-    def on_regenerate(round_: ArenaRound | None):
-        for shown, status_line in arena.regenerate(round_):
-            yield view(shown, status_line)
+    def on_regenerate(round_: ArenaRound | None, flight: InFlight):
+        with flight.streaming() as stream:
+            for shown, status_line in arena.regenerate(round_):
+                if stream.abandoned:
+                    _drop(shown)
+                    return
+                yield view(shown, status_line)
 
-    send_inputs = [text, state, mode, pick_a, pick_b]
+    def _drop(round_: ArenaRound | None) -> None:
+        """New round was clicked: a round this stream began before the state held it goes too."""
+        if round_ is not None:
+            round_.cancelled = True
+
+    def on_new_round(round_: ArenaRound | None, flight: InFlight, at: float | None):
+        dropped = arena.new_round(round_)
+        flight.reset(at)  # so no late update of the dropped round lands after this one
+        return view(*dropped)
+
+    send_inputs = [text, state, mode, pick_a, pick_b, flight, clicked_at]
     mode.change(lambda m: [gr.update(visible=m == "named")] * 2, mode, [pick_a, pick_b])
-    sending = send.click(on_send, send_inputs, [*outputs, text], api_name="arena_send")
-    submitting = text.submit(on_send, send_inputs, [*outputs, text])
+    send.click(on_send, send_inputs, [*outputs, text], api_name="arena_send", js=CLICK_TIME_JS)
+    text.submit(on_send, send_inputs, [*outputs, text], js=CLICK_TIME_JS)
     for button, code in zip(vote_buttons, VOTES.values(), strict=True):
         button.click(
             on_vote(code), [state, visitor], [*outputs, visitor], api_name=f"arena_vote_{code}"
         )
-    regenerating = regenerate.click(on_regenerate, state, outputs)
-    new_round.click(
-        lambda r: view(*arena.new_round(r)),
-        state,
-        outputs,
-        cancels=[sending, submitting, regenerating],
-    )
+    regenerate.click(on_regenerate, [state, flight], outputs)
+    new_round.click(on_new_round, [state, flight, clicked_at], outputs, js=CLICK_TIME_JS)
     export.click(lambda r: view(*arena.export(r)), state, outputs, api_name="arena_export")
     return pick_a, pick_b

@@ -23,6 +23,7 @@ from app.cards import (
     score_chart,
     trace_markdown,
 )
+from app.in_flight import CLICK_TIME_JS, InFlight
 from app.leaderboard import build_leaderboard_tab
 from backend.client import BackendClient, BackendError, plain_message
 from backend.server import ModelInfo
@@ -32,7 +33,6 @@ from db.session import init_db
 log = logging.getLogger(__name__)
 MODEL_POLL_S = 3.0  # how often an open page asks for model states while some are on their way
 PENDING = ("loading", "queued", "training")
-ABANDONED = "abandoned"  # Dialogue.meta key New chat sets on the conversation it replaces
 NO_MODEL = "**Pick a model first.** None is ready yet; the list fills as models become ready."
 
 
@@ -149,6 +149,8 @@ def build_demo(client: BackendClient, engine: Any) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 dialogue = gr.State(lambda: Dialogue(id="chat"))
+                flight = gr.State(InFlight)
+                clicked_at = gr.Number(visible=False)  # set by CLICK_TIME_JS on each click
                 with gr.Row():
                     model = gr.Dropdown(
                         ready,
@@ -179,7 +181,14 @@ def build_demo(client: BackendClient, engine: Any) -> gr.Blocks:
                 with gr.Accordion("Trace", open=False):
                     trace = gr.Markdown(elem_id="chat-trace")
 
-                def on_send(message: str, model_name: str | None, user_id: str, dlg: Dialogue):
+                def on_send(
+                    message: str,
+                    model_name: str | None,
+                    user_id: str,
+                    dlg: Dialogue,
+                    flight: InFlight,
+                    clicked_at: float | None = None,
+                ):
                     """Yields the outputs below; the text box is emptied only once answered."""
 
                     def shown(messages=None, status_line=None, reply=None):
@@ -214,28 +223,30 @@ def build_demo(client: BackendClient, engine: Any) -> gr.Blocks:
                         if not message
                         else too_long(client, message)
                     )
-                    if refusal:
-                        yield shown(status_line=refusal)
-                        return
-                    for messages, _, reply, error in chat_turn(
-                        client, model_name, message, dlg, user_id
-                    ):
-                        if dlg.meta.get(ABANDONED):
-                            return  # New chat was clicked: this reply must not come back
-                        yield shown(messages, error, reply)
+                    with flight.streaming(clicked_at) as stream:
+                        if stream.abandoned:
+                            return  # sent before a New chat that the server happened to run first
+                        if refusal:
+                            yield shown(status_line=refusal)
+                            return
+                        for messages, _, reply, error in chat_turn(
+                            client, model_name, message, dlg, user_id
+                        ):
+                            if stream.abandoned:
+                                return  # New chat was clicked: this reply must not come back
+                            yield shown(messages, error, reply)
 
                 outputs = [chatbot, dialogue, cards, chart, trace, status, text]
-                sending = send.click(
-                    on_send, [text, model, user, dialogue], outputs, api_name="chat"
-                )
-                submitting = text.submit(on_send, [text, model, user, dialogue], outputs)
+                inputs = [text, model, user, dialogue, flight, clicked_at]
+                send.click(on_send, inputs, outputs, api_name="chat", js=CLICK_TIME_JS)
+                text.submit(on_send, inputs, outputs, js=CLICK_TIME_JS)
 
                 # New chat stops a reply that is still streaming, so it cannot come back later.
-                def new_chat(dlg: Dialogue):
-                    dlg.meta[ABANDONED] = True  # a reply still streaming into it stops there
+                def new_chat(flight: InFlight, at: float | None):
+                    flight.reset(at)
                     return [], Dialogue(id="chat"), "", None, "", "", gr.skip()
 
-                clear.click(new_chat, dialogue, outputs, cancels=[sending, submitting])
+                clear.click(new_chat, [flight, clicked_at], outputs, js=CLICK_TIME_JS)
                 user.change(lambda u: history_markdown(client, u), user, history)
             with gr.Tab("Arena", id="arena"):
                 pickers = build_arena_tab(client, engine, ready)

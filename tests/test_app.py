@@ -203,3 +203,44 @@ def test_backend_down_gives_a_clear_message_then_recovers():
         assert reply is not None and reply.items and error == ""
     finally:
         stop()
+
+
+def test_a_reset_waits_until_the_session_stops_streaming():
+    """New chat / New round must not return while a reply could still redraw the old chat."""
+    import copy
+    import threading
+
+    from app.in_flight import InFlight
+
+    flight = copy.deepcopy(InFlight())  # as gr.State hands one to each session
+    opened, release = threading.Event(), threading.Event()
+
+    seen = []
+
+    def reply():
+        with flight.streaming() as stream:
+            opened.set()
+            release.wait(5)
+            seen.append(stream.abandoned)  # the reply stops at its next step
+
+    worker = threading.Thread(target=reply)
+    worker.start()
+    opened.wait(5)
+    assert not flight.reset(None, timeout=0.2)  # still streaming: the reset keeps waiting
+    release.set()
+    assert flight.reset(None, timeout=5)
+    worker.join()
+    assert seen == [True]
+
+
+def test_a_send_clicked_before_the_last_reset_is_dropped():
+    """Gradio may start a send after a New chat clicked later; that send belongs to the old chat."""
+    from app.in_flight import InFlight
+
+    flight = InFlight()
+    with flight.streaming(1_000.0) as stream:
+        assert not stream.abandoned
+    flight.reset(2_000.0)
+    for clicked_at, dropped in [(1_999.0, True), (2_001.0, False), (None, False)]:
+        with flight.streaming(clicked_at) as stream:  # None: API callers send no click time
+            assert stream.abandoned is dropped
