@@ -113,6 +113,24 @@ def _generate(llm: LocalLLM, conversations: list[Messages], new_tokens: int) -> 
     return time.perf_counter() - start
 
 
+def decode_step_ms(llm: LocalLLM, rows: int, prompt_tokens: int = 100, steps: int = 15) -> float:
+    """Median ms of one decode step for ``rows`` rows over a ``prompt_tokens``-token cache."""
+
+    def run() -> float:
+        times = []
+        with torch.inference_mode():
+            ids = torch.randint(0, 1000, (rows, prompt_tokens), device=llm.device)
+            cache = llm.model(input_ids=ids, use_cache=True).past_key_values
+            nxt = ids[:, -1:]
+            for _ in range(steps):
+                start = time.perf_counter()
+                llm.model(input_ids=nxt, cache=cache, use_cache=True)
+                times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1000
+
+    return in_thread(run)
+
+
 def concurrently(n: int, chat: Callable[[int], tuple[float | None, int]]) -> dict[str, Any]:
     """Run ``chat(i)`` (returning its first-token time and token count) in ``n`` threads at once."""
     barrier = threading.Barrier(n + 1)
@@ -266,6 +284,11 @@ def report(result: dict[str, Any]) -> None:
         f"goals: {n} chats >= 5x one: {core['speedup'] >= 5}; TTFT p50 < 2 s: "
         f"{many['ttft_p50_s'] < 2}; one chat >= 0.9x generate: {core['one_chat_vs_generate'] >= 0.9}"
     )
+    step = result["decode_step_ms"]
+    print(
+        f"one decode step: {step['1']:.1f} ms for 1 row, {step[str(n)]:.1f} ms for {n} rows: "
+        f"{n} chats can reach at most {step['ceiling']:.1f}x one chat, prefill not counted"
+    )
     if http := result.get("http"):
         h1, hn = http["one_chat"], http["n_chats"]
         print(
@@ -316,6 +339,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "source": "LLM layer (LocalLLM.stream in threads)",
         "llm": bench_llm(llm, args.chats, args.new_tokens, args.repeats),
     }
+    # The hardware's bound on the speed-up: N rows' step against N single-row steps.
+    steps = {str(k): decode_step_ms(llm, k) for k in (1, args.chats)}
+    steps["ceiling"] = args.chats * steps["1"] / steps[str(args.chats)]
+    result["decode_step_ms"] = steps
     if args.http:
         result["http"] = bench_http(args.chats, args.new_tokens, args.repeats)
     report(result)
