@@ -692,6 +692,20 @@ class LocalLLM(LLM):
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def with_lora(model: Any, r: int, alpha: int, dropout: float) -> Any:
+    """``model`` wrapped by peft with a fresh LoRA adapter on every linear layer (the base frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_llm(spec: str, base_url: str, adapter: str | None, device: str, api_key: str) -> LLM:
     if base_url:

@@ -304,7 +304,7 @@ def test_a_stopped_training_resumes_to_the_same_parameters(
 ):
     """Stopped after step 4 of 6 and run again with the same command, training ends with the
     parameters and losses of an unbroken run."""
-    from backend.models import pecrs
+    from backend.models.pecrs import trainer as pecrs  # where train_pecrs looks train_step up
 
     cfg = dict(epochs=1, batch_size=2, lr=1e-3, save_every=1, eval_every=3)
     whole = train_pecrs(rec_dataset, config(tiny_llm_dir, **cfg), tmp_path / "whole")

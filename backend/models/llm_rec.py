@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from backend.catalog import Catalog
 from backend.data.base import Dataset
 from backend.eval.evaluate import recommender_turns
-from backend.llm import GenerationConfig, LocalLLM, Messages, get_llm
+from backend.llm import GenerationConfig, LocalLLM, Messages, get_llm, with_lora
 from backend.mentions import match_title_list
 from backend.models.templates import recommendation_text
 from backend.registry import CRSModel, ModelConfig, register, save_run_files, timed
@@ -326,8 +326,6 @@ def train_llm_rec(dataset: Dataset, config: LLMRecConfig, out_dir: Path | None =
     target tokens only. Saves the adapter, ``config.json`` and ``metrics.json`` (loss per step,
     dev loss before/after, seconds per step, total seconds).
     """
-    from peft import LoraConfig, get_peft_model
-
     began = time.perf_counter()
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -336,14 +334,7 @@ def train_llm_rec(dataset: Dataset, config: LLMRecConfig, out_dir: Path | None =
     # The same loading as inference (GGUF conversion, dtype, device), on a private copy.
     base = LocalLLM(config.llm or settings.CRS_LLM, device=config.device or settings.CRS_DEVICE)
     tokenizer = base.tokenizer
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(base.model, lora)
+    model = with_lora(base.model, config.lora_r, config.lora_alpha, config.lora_dropout)
     model.train()
     train = [encode_pair(tokenizer, m, t) for m, t in training_pairs(dataset, "train", config)]
     if not train:
