@@ -49,6 +49,10 @@ class PECRSConfig(ModelConfig):
     grad_accum: int = 2
     lr: float = 3e-5
     head_lr: float = 0.0  # 0 = lr; the randomly initialised heads learn faster on short CPU runs
+    # Warm start (issue 14; paper: none): before LoRA, f, h_item and the item bias train on the
+    # frozen LM's cached [REC] states against the whole catalog, for this many epochs.
+    warm_start_epochs: int = 30
+    warm_start_lr: float = 1e-3
     warmup_ratio: float = 0.1
     eval_every: int = 0  # optimizer steps between dev evaluations; 0 = once per epoch
     dev_samples: int = 200  # dev recommendation samples per evaluation (model selection)

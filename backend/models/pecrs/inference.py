@@ -100,15 +100,16 @@ def rank_items(
     contexts: Sequence[list[int]],
     exclude: Sequence[set[int]],
     all_items: torch.Tensor,
+    rerank: bool | None = None,
 ) -> tuple[list[list[tuple[int, float]]], RecDecision]:
-    """Recall then rerank for each context: (item row, rerank score) best first, and the
-    recommend decision's inputs."""
+    """Recall then (``rerank``, default the config's) rerank for each context: (item row, score)
+    best first, and the recommend decision's inputs."""
     cfg = net.cfg
     rec = net.special[REC]
     queries, wants = rec_states(net, contexts)
     with torch.inference_mode():
         shortlists = retrieve(net, queries, exclude, cfg.m_infer, all_items)
-        if not cfg.rerank:
+        if not (cfg.rerank if rerank is None else rerank):
             sims = net.similarity(queries, all_items)
             return [
                 [(r, float(sims[b, r])) for r in rows] for b, rows in enumerate(shortlists)
@@ -209,6 +210,8 @@ class PECRS(CRSModel):
         # The checkpoint fixes the network's shape and inputs; these keys come from it.
         for key in ("lora_r", "lora_alpha", "item_tokens", "title_only", "temperature"):
             setattr(cfg, key, trained[key])
+        if trained.get("rerank") is False:  # training found that rerank does not help on dev
+            cfg.rerank = False
         if cfg.rec_threshold < 0:  # unless given, the threshold chosen on dev in training
             cfg.rec_threshold = float(trained.get("rec_threshold", -1.0))
         cfg.backbone = trained["backbone_resolved"]

@@ -44,13 +44,17 @@ class ItemPooling(nn.Module):
         self.register_buffer("mean", torch.zeros(hidden))
         self.register_buffer("std", torch.ones(hidden))
 
-    def forward(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def pool(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """w^T I_j, standardised: what h_item reads."""
         width = states.shape[1]
         valid = torch.arange(width, device=states.device)[None, :] < lengths[:, None]
         # Normalised over each text's own tokens, so short and long texts pool on one scale.
         weights = self.weights[:width].expand_as(valid).masked_fill(~valid, -torch.inf)
         pooled = torch.einsum("nl,nlh->nh", weights.softmax(-1), states.float())
-        return self.h_item((pooled - self.mean) / self.std)
+        return (pooled - self.mean) / self.std
+
+    def forward(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.h_item(self.pool(states, lengths))
 
 
 class PECRSHeads(nn.Module):

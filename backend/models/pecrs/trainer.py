@@ -36,6 +36,7 @@ from backend.models.pecrs.model import (
     trainable_parameters,
     training_batch,
 )
+from backend.models.pecrs.warm_start import warm_start_heads
 from backend.progress import ProgressBar
 from backend.registry import save_run_files
 from backend.train.batches import epoch_batches
@@ -72,9 +73,11 @@ def dev_recall(
     built: Built,
     jobs: Sequence[tuple[Dialogue, int]],
     all_items: torch.Tensor,
+    rerank: bool,
     batch_size: int = 4,  # each row carries m_infer candidates: small batches bound the memory
 ) -> dict[str, float]:
-    """Mean R@1/10/50 (the paper's model selection) over the gold items of ``jobs``."""
+    """Mean R@1/10/50 (the paper's model selection) over the gold items of ``jobs``, ranked by
+    recall alone or by recall then rerank."""
     net.eval()
     hits: dict[int, list[float]] = {1: [], 10: [], 50: []}
     for start in range(0, len(jobs), batch_size):
@@ -84,7 +87,7 @@ def dev_recall(
             {built.inputs.row[m] for m in d.prefix(i).mentioned_items() if m in built.inputs.row}
             for d, i in chunk
         ]
-        ranked, _ = rank_items(net, contexts, exclude, all_items)
+        ranked, _ = rank_items(net, contexts, exclude, all_items, rerank)
         for (d, i), ranking in zip(chunk, ranked, strict=True):
             ids = [built.item_ids[r] for r, _ in ranking]
             for gold in built.inputs.known(d.turns[i]):
@@ -169,6 +172,37 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
     resume = out_dir / "train_state.pt"
     if run.restore(resume, net, optimizer, scheduler, rng):
         log.info("pecrs: resuming at step %d of %d from %s", run.step, total, resume)
+
+    def evaluate(step: int) -> None:
+        """Dev recall by recall alone and with rerank; the better one counts (recall-first:
+        rerank is used only once it beats recall alone). Saves the best checkpoint."""
+        if not dev_jobs:
+            run.best, run.best_step = 0.0, step
+            save_checkpoint(net, out_dir)
+            return
+        items = all_item_vectors(net)
+        scores = {"recall": dev_recall(net, built, dev_jobs, items, rerank=False)}
+        if cfg.rerank and step > 0:  # before any LoRA step the rerank scorer is untrained
+            scores["rerank"] = dev_recall(net, built, dev_jobs, items, rerank=True)
+        mode = max(scores, key=lambda m: scores[m]["mean"])
+        run.dev.append({"step": step, "mode": mode, **scores[mode], "by_mode": scores})
+        log.info("pecrs step %d: dev %s", step, scores)
+        if scores[mode]["mean"] > run.best:
+            run.best, run.best_step, run.rerank = scores[mode]["mean"], step, mode == "rerank"
+            if dev_turns:
+                run.rec_threshold, f1 = dev_rec_threshold(net, built, dev_turns)
+                log.info(
+                    "pecrs step %d: [REC] threshold %.3f, dev item F1 %.3f",
+                    step,
+                    *[run.rec_threshold, f1],
+                )
+            save_checkpoint(net, out_dir)
+
+    if not run.warmed:
+        run.warm_start = warm_start_heads(net, train, random.Random(cfg.seed + 1))
+        run.warmed = True
+        evaluate(0)
+        run.save(resume, net, optimizer, scheduler, rng)
     start = time.perf_counter()
     bar = ProgressBar(total=total, initial=run.step, desc="pecrs", unit="step")
     for step in range(run.step + 1, total + 1):
@@ -187,24 +221,7 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
         evaluated = step % eval_every == 0 or step == total
         if evaluated:
             train_seconds = time.perf_counter() - start
-            score = (
-                dev_recall(net, built, dev_jobs, all_item_vectors(net))
-                if dev_jobs
-                else {"mean": 0.0}
-            )
-            run.dev.append({"step": step, **score})
-            log.info("pecrs step %d: dev %s", step, score)
-            if score["mean"] > run.best or not dev_jobs:
-                run.best, run.best_step = score["mean"], step
-                if dev_turns:
-                    run.rec_threshold, f1 = dev_rec_threshold(net, built, dev_turns)
-                    log.info(
-                        "pecrs step %d: [REC] threshold %.3f, dev item F1 %.3f",
-                        step,
-                        run.rec_threshold,
-                        f1,
-                    )
-                save_checkpoint(net, out_dir)
+            evaluate(step)
             start += time.perf_counter() - start - train_seconds  # dev time is not training time
         if step < total and (evaluated or (cfg.save_every and step % cfg.save_every == 0)):
             run.save(resume, net, optimizer, scheduler, rng)
@@ -212,8 +229,10 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
     seconds = time.perf_counter() - start
     done = max(total - run.resumed_at, 1)  # steps this process ran, for the per-step figures
     metrics = {
+        "warm_start_recall_loss": run.warm_start,
         "loss": run.history,
         "dev": run.dev,
+        "rerank_used": run.rerank,
         "best_step": run.best_step,
         "best_dev": run.best,
         "resumed_at_step": run.resumed_at,
@@ -237,6 +256,7 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
         "backbone_resolved": built.backbone,
         **asdict(cfg),
         "rec_threshold": run.rec_threshold if cfg.rec_threshold < 0 else cfg.rec_threshold,
+        "rerank": cfg.rerank and run.rerank,  # only where it beat recall alone on dev
     }
     save_run_files(out_dir, saved, metrics)
     resume.unlink(missing_ok=True)
@@ -265,6 +285,9 @@ class TrainingRun:
     best: float = -1.0
     best_step: int = 0
     rec_threshold: float = -1.0  # chosen on dev with the best checkpoint
+    rerank: bool = False  # whether the best checkpoint ranks better on dev with rerank
+    warmed: bool = False  # the heads' warm start is done
+    warm_start: list[float] = field(default_factory=list)  # its recall loss per epoch
 
     def save(
         self, path: Path, net: PECRSNet, optimizer: Any, scheduler: Any, rng: random.Random
