@@ -419,14 +419,16 @@ def test_the_warm_start_fits_the_heads_and_rerank_is_kept_only_if_it_helps_on_de
     cfg = config(tiny_llm_dir, max_steps=2, batch_size=2, eval_every=1, warm_start_epochs=15)
     path = train_pecrs(rec_dataset, cfg, tmp_path / "warm")
     metrics = json.loads((path / "metrics.json").read_text())
-    losses = metrics["warm_start_recall_loss"]
-    assert len(losses) == 15 and losses[-1] < 0.8 * losses[0]
+    warm = metrics["warm_start"]
+    assert len(warm["loss"]) == 15 and warm["loss"][-1] < 0.8 * warm["loss"][0]
+    # The epoch kept is the one with the best dev recall.
+    assert len(warm["dev"]) == 15 and warm["dev"][warm["kept_epoch"] - 1] == max(warm["dev"])
     assert metrics["dev"][0]["step"] == 0  # the warm-started heads are evaluated before LoRA
     saved = json.loads((path / "config.json").read_text())
     by_mode = [d["by_mode"] for d in metrics["dev"] if d["step"] == metrics["best_step"]][0]
     better = "rerank" in by_mode and by_mode["rerank"]["mean"] > by_mode["recall"]["mean"]
     assert saved["rerank"] is better is metrics["rerank_used"]
     cached = list((get_settings().cache / "pecrs").glob("rec-states-*.pt"))
-    assert len(cached) == 1
+    assert len(cached) == 2  # the train and the dev contexts
     train_pecrs(rec_dataset, cfg, tmp_path / "again")
     assert list((get_settings().cache / "pecrs").glob("rec-states-*.pt")) == cached

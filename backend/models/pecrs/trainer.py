@@ -36,7 +36,7 @@ from backend.models.pecrs.model import (
     trainable_parameters,
     training_batch,
 )
-from backend.models.pecrs.warm_start import warm_start_heads
+from backend.models.pecrs.warm_start import DevQueries, warm_start_heads
 from backend.progress import ProgressBar
 from backend.registry import save_run_files
 from backend.train.batches import epoch_batches
@@ -199,7 +199,15 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
             save_checkpoint(net, out_dir)
 
     if not run.warmed:
-        run.warm_start = warm_start_heads(net, train, random.Random(cfg.seed + 1))
+        row = built.inputs.row
+        dev = DevQueries(
+            contexts=[built.inputs.context(d.turns[:i]) for d, i in dev_jobs],
+            golds=[[row[g] for g in built.inputs.known(d.turns[i])] for d, i in dev_jobs],
+            exclude=[
+                {row[m] for m in d.prefix(i).mentioned_items() if m in row} for d, i in dev_jobs
+            ],
+        )
+        run.warm_start = asdict(warm_start_heads(net, train, dev, random.Random(cfg.seed + 1)))
         run.warmed = True
         evaluate(0)
         run.save(resume, net, optimizer, scheduler, rng)
@@ -229,7 +237,7 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
     seconds = time.perf_counter() - start
     done = max(total - run.resumed_at, 1)  # steps this process ran, for the per-step figures
     metrics = {
-        "warm_start_recall_loss": run.warm_start,
+        "warm_start": run.warm_start,
         "loss": run.history,
         "dev": run.dev,
         "rerank_used": run.rerank,
@@ -287,7 +295,7 @@ class TrainingRun:
     rec_threshold: float = -1.0  # chosen on dev with the best checkpoint
     rerank: bool = False  # whether the best checkpoint ranks better on dev with rerank
     warmed: bool = False  # the heads' warm start is done
-    warm_start: list[float] = field(default_factory=list)  # its recall loss per epoch
+    warm_start: dict[str, Any] = field(default_factory=dict)  # losses, dev recall, kept epoch
 
     def save(
         self, path: Path, net: PECRSNet, optimizer: Any, scheduler: Any, rng: random.Random

@@ -15,7 +15,9 @@ import json
 import logging
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -65,17 +67,60 @@ def pooled_items(net: PECRSNet, chunk: int = 256) -> torch.Tensor:
     return torch.cat(parts)
 
 
+@dataclass
+class DevQueries:
+    """Dev turns for choosing the warm start's epoch: contexts, gold item rows, rows to leave out."""
+
+    contexts: list[list[int]]
+    golds: list[list[int]]
+    exclude: list[set[int]]
+
+
+def dev_recall_of_states(
+    net: PECRSNet, states: torch.Tensor, dev: DevQueries, items: torch.Tensor
+) -> float:
+    """Mean of R@1/10/50 over the dev gold items, ranking the whole catalog by recall alone."""
+    with torch.no_grad():
+        sims = net.similarity(states, items)
+        for b, rows in enumerate(dev.exclude):
+            if rows:
+                sims[b, list(rows)] = -torch.inf
+        top = sims.topk(min(50, sims.shape[1]), dim=1).indices.tolist()
+    hits = [
+        [gold in ranked[:k] for k in (1, 10, 50)]
+        for ranked, golds in zip(top, dev.golds, strict=True)
+        for gold in golds
+    ]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+@dataclass
+class WarmStart:
+    """What the warm start did: recall loss and dev mean recall per epoch, the epoch kept."""
+
+    loss: list[float] = field(default_factory=list)
+    dev: list[float] = field(default_factory=list)
+    kept_epoch: int = 0
+
+
 def warm_start_heads(
-    net: PECRSNet, samples: Sequence[Sample], rng: random.Random, batch_size: int = 128
-) -> list[float]:
-    """Train f, h_item and the item bias on cached [REC] states; returns the loss per epoch."""
+    net: PECRSNet,
+    samples: Sequence[Sample],
+    dev: DevQueries | None,
+    rng: random.Random,
+    batch_size: int = 128,
+) -> WarmStart:
+    """Train f, h_item and the item bias on cached [REC] states, keeping the epoch with the best
+    dev recall (the last one without dev turns)."""
     cfg = net.cfg
+    done = WarmStart()
     with_item = [s for s in samples if s.gold is not None]
     if cfg.warm_start_epochs <= 0 or not with_item:
-        return []
+        return done
     contexts = list({tuple(s.context): None for s in with_item})
     row_of = {c: i for i, c in enumerate(contexts)}
     states = query_states(net, [list(c) for c in contexts]).to(net.device)
+    dev_states = query_states(net, dev.contexts).to(net.device) if dev and dev.golds else None
     index = torch.tensor([row_of[tuple(s.context)] for s in with_item], device=net.device)
     golds = torch.tensor([s.gold for s in with_item], device=net.device)
     pooled = pooled_items(net)
@@ -84,11 +129,11 @@ def warm_start_heads(
     if heads.bias.requires_grad:
         params.append(heads.bias)
     optimizer = torch.optim.AdamW(params, lr=cfg.warm_start_lr, weight_decay=0.0)
-    losses = []
+    best, kept = -1.0, [p.detach().clone() for p in params]
     order = list(range(len(with_item)))
     bar = ProgressBar(total=cfg.warm_start_epochs, desc="pecrs: warm start", unit="epoch")
-    heads.train()
-    for _ in range(cfg.warm_start_epochs):
+    for epoch in range(1, cfg.warm_start_epochs + 1):
+        heads.train()
         rng.shuffle(order)
         total = 0.0
         for start in range(0, len(order), batch_size):
@@ -99,9 +144,29 @@ def warm_start_heads(
             loss.backward()
             optimizer.step()
             total += loss.item() * len(rows)
-        losses.append(total / len(order))
+        done.loss.append(total / len(order))
+        score = epoch  # without dev turns the last epoch is kept
+        if dev_states is not None:
+            heads.eval()
+            with torch.no_grad():
+                score = dev_recall_of_states(net, dev_states, dev, heads.items.h_item(pooled))
+            done.dev.append(score)
+        if score > best:
+            best, done.kept_epoch = score, epoch
+            kept = [p.detach().clone() for p in params]
         bar.update(1)
-        bar.set_postfix({"recall": f"{losses[-1]:.3f}"})
+        bar.set_postfix(
+            {"recall": f"{done.loss[-1]:.3f}", "dev": f"{done.dev[-1]:.4f}" if done.dev else "-"}
+        )
     bar.close()
-    log.info("pecrs warm start: recall loss %.3f -> %.3f", losses[0], losses[-1])
-    return losses
+    with torch.no_grad():
+        for p, value in zip(params, kept, strict=True):
+            p.copy_(value)
+    log.info(
+        "pecrs warm start: recall loss %.3f -> %.3f; kept epoch %d (dev %s)",
+        done.loss[0],
+        done.loss[-1],
+        done.kept_epoch,
+        f"{best:.4f}" if done.dev else "not measured",
+    )
+    return done
