@@ -49,8 +49,8 @@ class PECRSConfig(ModelConfig):
     grad_accum: int = 2
     lr: float = 3e-5
     head_lr: float = 0.0  # 0 = lr; the randomly initialised heads learn faster on short CPU runs
-    # Warm start (issue 14; paper: none): before LoRA, f, h_item and the item bias train on the
-    # frozen LM's cached [REC] states against the whole catalog, for this many epochs.
+    # Warm start (issue 14; paper: none): before LoRA, f and the item bias train on the frozen
+    # LM's cached [REC] states against the whole catalog; the best of this many epochs on dev.
     warm_start_epochs: int = 30
     warm_start_lr: float = 1e-3
     warmup_ratio: float = 0.1
