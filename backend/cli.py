@@ -26,6 +26,7 @@ from backend.cli_common import (
     parse_overrides,
 )
 from backend.data import DATASETS, DataFormatError
+from backend.settings import get_settings
 
 app = typer.Typer(
     help="CRS Arena: demo, annotate and evaluate conversational recommenders.", no_args_is_help=True
@@ -106,7 +107,6 @@ def data_generate(
     )
     from backend.generate.templates import NotEnoughItems
     from backend.llm import LLMError, get_llm
-    from backend.settings import get_settings
 
     try:
         if ratings:
@@ -351,6 +351,8 @@ def eval_cmd(
     crs = model_or_fail(model, ds, parse_overrides(set_))
     # A model configured to read histories (llm-rec's history=true) gets them without --history too.
     history = history or getattr(crs.config, "history", False) is True
+    # A stopped evaluation continues from here when the same command runs again.
+    journal = get_settings().CRS_HOME / "runs" / "eval" / f"{model}-{ds.name}-{split}.jsonl"
     try:
         result = evaluate(
             crs,
@@ -360,6 +362,7 @@ def eval_cmd(
             batch_size=batch_size,
             use_history=history,
             rec_turns_only=rec_turns_only,
+            journal=journal,
             **ranks,
         )
     except KeyError as err:

@@ -224,3 +224,33 @@ def test_unknown_split_and_bad_arguments(dataset):
         evaluate(FixedModel(dataset), dataset, "test", batch_size=0, progress=False)
     with pytest.raises(ValueError, match="limit"):
         evaluate(FixedModel(dataset), dataset, "test", limit=-1, progress=False)
+
+
+def test_a_stopped_evaluation_continues_from_its_journal(dataset, tmp_path):
+    """Stopped after its first batch and started again, an evaluation asks the model only for
+    the turns it had not scored, and ends with the metrics of an unbroken run."""
+    whole = evaluate(CheatModel(dataset), dataset, "test", batch_size=1, progress=False)
+    journal = tmp_path / "eval.jsonl"
+
+    class StopsAfterOneBatch(CheatModel):
+        def respond_batch(self, dialogues, histories=None):
+            if getattr(self, "answered", False):
+                raise KeyboardInterrupt  # Ctrl-C, or the session ending
+            self.answered = True
+            return super().respond_batch(dialogues, histories)
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(StopsAfterOneBatch(dataset), dataset, "test", batch_size=1, journal=journal)
+    assert len(journal.read_text().splitlines()) == 2  # the settings, then the one scored turn
+
+    asked: list[str] = []
+
+    class Counting(CheatModel):
+        def respond(self, dialogue, history=None):
+            asked.append(dialogue.id)
+            return super().respond(dialogue, history)
+
+    resumed = evaluate(Counting(dataset), dataset, "test", batch_size=1, journal=journal)
+    assert len(asked) == whole.n - 1
+    assert resumed.metrics == whole.metrics and resumed.predictions == whole.predictions
+    assert not journal.exists()  # a finished run leaves its result, not its journal

@@ -93,6 +93,7 @@ def evaluate(
     progress: bool = True,
     recall_ks: Sequence[int] = DEFAULT_RECALL_KS,
     rank_ks: Sequence[int] = DEFAULT_RANK_KS,
+    journal: Path | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on the recommender turns of ``dataset``'s ``split``.
 
@@ -101,7 +102,9 @@ def evaluate(
     turns whose gold mentions items (LLM-REDIAL §4.2: predict the item of the next response),
     so text metrics cover those turns too; turns go to ``model.respond_batch`` in chunks of
     ``batch_size``. ``recall_ks`` / ``rank_ks`` choose the K of Recall@K and of
-    NDCG@K / MRR@K. Raises KeyError for an unknown split.
+    NDCG@K / MRR@K. With ``journal`` (a JSONL file), every scored turn is appended there as it
+    comes, and a run stopped part-way continues from it when started again with the same
+    settings (see `Journal`). Raises KeyError for an unknown split.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -123,37 +126,73 @@ def evaluate(
 
     acc = MetricAccumulator(recall_ks=recall_ks, rank_ks=rank_ks)
     predictions: list[dict[str, Any]] = []
-    with tqdm(total=len(jobs), desc=f"eval {model.name}", unit="turn", disable=not progress) as bar:
-        for offset in range(0, len(jobs), batch_size):
+    settings = {
+        "model": model.name,
+        "config": model.config_dict(),
+        "dataset": dataset.name,
+        "split": split,
+        "limit": limit,
+        "batch_size": batch_size,
+        "use_history": use_history,
+        "rec_turns_only": rec_turns_only,
+    }
+    log_ = Journal(journal, settings) if journal else None
+    depth = max([*recall_ks, *rank_ks, PREDICTION_TOP_N])
+    done = log_.records(jobs) if log_ else []
+
+    def score(dialogue: Dialogue, i: int, record: dict[str, Any]) -> None:
+        gold: Turn = dialogue.turns[i]
+        acc.add_ranking(record["ranked"], gold.items)
+        acc.add_text(record["text"], gold.text)
+        acc.add_presence(record["recommends"], bool(gold.items))
+        if record["nll"] is not None:
+            acc.add_nll(*record["nll"])
+        predictions.append(
+            {
+                "dialogue_id": dialogue.id,
+                "turn": i,
+                "gold": gold.items,
+                "top10": record["ranked"][:PREDICTION_TOP_N],
+                "text": record["text"],
+                "reference": gold.text,
+                "recommends": record["recommends"],
+            }
+        )
+
+    for (dialogue, i), record in zip(jobs, done, strict=False):
+        score(dialogue, i, record)
+    with tqdm(
+        total=len(jobs),
+        initial=len(done),
+        desc=f"eval {model.name}",
+        unit="turn",
+        disable=not progress,
+    ) as bar:
+        for offset in range(len(done), len(jobs), batch_size):
             chunk = jobs[offset : offset + batch_size]
             contexts = [dialogue.prefix(i) for dialogue, i in chunk]
             histories = [_history(dataset, d) for d, _ in chunk] if use_history else None
             replies = model.respond_batch(contexts, histories)
             nll = model.reference_nll(contexts, [d.turns[i] for d, i in chunk])
-            if nll is not None:
-                for total, tokens in nll:
-                    acc.add_nll(total, tokens)
             if len(replies) != len(chunk):
                 raise RuntimeError(
                     f"{model.name}.respond_batch returned {len(replies)} replies for {len(chunk)} dialogues"
                 )
-            for (dialogue, i), reply in zip(chunk, replies, strict=True):
-                gold: Turn = dialogue.turns[i]
-                ranked = reply.item_ids
-                acc.add_ranking(ranked, gold.items)
-                acc.add_text(reply.text, gold.text)
-                acc.add_presence(reply.recommends, bool(gold.items))
-                predictions.append(
-                    {
-                        "dialogue_id": dialogue.id,
-                        "turn": i,
-                        "gold": gold.items,
-                        "top10": ranked[:PREDICTION_TOP_N],
-                        "text": reply.text,
-                        "reference": gold.text,
-                        "recommends": reply.recommends,
-                    }
-                )
+            records = [
+                {
+                    "dialogue_id": dialogue.id,
+                    "turn": i,
+                    "ranked": reply.item_ids[:depth],
+                    "text": reply.text,
+                    "recommends": reply.recommends,
+                    "nll": None if nll is None else list(nll[j]),
+                }
+                for j, ((dialogue, i), reply) in enumerate(zip(chunk, replies, strict=True))
+            ]
+            for (dialogue, i), record in zip(chunk, records, strict=True):
+                score(dialogue, i, record)
+            if log_:
+                log_.append(records)
             bar.update(len(chunk))
 
     result = EvalResult(
@@ -172,7 +211,54 @@ def evaluate(
         predictions=predictions,
     )
     log.info("%s on %s/%s: %s", model.name, dataset.name, split, result.metrics)
+    if log_:
+        log_.close()
     return result
+
+
+class Journal:
+    """The scored turns of one evaluation run, a JSON line each after a header of its settings.
+
+    A run started again with the same settings replays the turns already there and continues
+    after them; with other settings (another model config, split, limit …) it starts over.
+    """
+
+    def __init__(self, path: Path, settings: dict[str, Any]):
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings))  # as it reads back from the file
+
+    def records(self, jobs: Sequence[tuple[Dialogue, int]]) -> list[dict[str, Any]]:
+        """The turns of ``jobs`` already scored by this same run, in order."""
+        found: list[dict[str, Any]] = []
+        if self.path.is_file():
+            with self.path.open() as f:
+                lines = f.read().splitlines()
+            if lines and json.loads(lines[0]) == {"settings": self.settings}:
+                for line, (dialogue, i) in zip(lines[1:], jobs, strict=False):
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:  # cut short by the stop
+                        break
+                    if (record["dialogue_id"], record["turn"]) != (dialogue.id, i):
+                        break
+                    found.append(record)
+            else:
+                log.warning("%s was written by another evaluation; starting over", self.path)
+        if found:
+            log.info("resuming after %d of %d turns from %s", len(found), len(jobs), self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("w") as f:  # rewritten whole: a torn last line goes
+            f.write(json.dumps({"settings": self.settings}) + "\n")
+            f.writelines(json.dumps(r) + "\n" for r in found)
+        return found
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        with self.path.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+
+    def close(self) -> None:
+        """The run is complete: its result is the record now."""
+        self.path.unlink(missing_ok=True)
 
 
 def _history(dataset: Dataset, dialogue: Dialogue) -> UserHistory | None:
