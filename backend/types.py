@@ -43,6 +43,10 @@ class Turn(BaseModel):
     items: list[str] = Field(default_factory=list)
 
 
+# Dialogue.meta keys a model may see in a context (where the dialogue came from); see `prefix`.
+PUBLIC_META = frozenset({"source", "split", "dialog_id"})
+
+
 class Dialogue(BaseModel):
     id: str
     turns: list[Turn] = Field(default_factory=list)
@@ -50,10 +54,13 @@ class Dialogue(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
 
     def prefix(self, n_turns: int) -> Dialogue:
-        """The dialogue as it stood before turn ``n_turns`` (the context for that turn)."""
-        return Dialogue(
-            id=self.id, turns=self.turns[:n_turns], user_id=self.user_id, meta=self.meta
-        )
+        """The dialogue as it stood before turn ``n_turns`` (the context for that turn).
+
+        Only ``PUBLIC_META`` keys come along: the rest (golden and rejected items, per-turn goals
+        and labels, a simulated user's target) is hidden state no model may see.
+        """
+        meta = {k: v for k, v in self.meta.items() if k in PUBLIC_META}
+        return Dialogue(id=self.id, turns=self.turns[:n_turns], user_id=self.user_id, meta=meta)
 
     def as_text(
         self, last_n: int | None = None, names: tuple[str, str] = ("User", "System")

@@ -254,3 +254,22 @@ def test_a_stopped_evaluation_continues_from_its_journal(dataset, tmp_path):
     assert len(asked) == whole.n - 1
     assert resumed.metrics == whole.metrics and resumed.predictions == whole.predictions
     assert not journal.exists()  # a finished run leaves its result, not its journal
+
+
+def test_models_never_see_a_dialogue_s_hidden_meta(dataset):
+    """Golden and rejected items, per-turn goals and labels describe the future of a dialogue:
+    the contexts handed to a model carry none of them."""
+    hidden = {"golden": ["i1"], "rejected": ["i2"], "goals": [["rec_might_likes"]], "target": "i1"}
+    for dialogue in dataset.split("test"):
+        dialogue.meta.update(hidden, source="fixture")
+    model = FixedModel(dataset)
+    seen: list[dict] = []
+    original = model.respond
+
+    def respond(dialogue, history=None):
+        seen.append(dict(dialogue.meta))
+        return original(dialogue, history)
+
+    model.respond = respond
+    evaluate(model, dataset, "test", progress=False)
+    assert seen and all(meta == {"source": "fixture"} for meta in seen)
