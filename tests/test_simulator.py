@@ -1,0 +1,110 @@
+"""The simulated user: acts chosen by rule, the leak guard, and episodes that hide the target."""
+
+from __future__ import annotations
+
+from backend.llm import LLM
+from backend.registry import CRSModel
+from backend.simulator import (
+    Act,
+    LLMSimulator,
+    SimulatorConfig,
+    TemplateSimulator,
+    leaks,
+    run_episode,
+)
+from backend.types import Dialogue, Item, Reply, ScoredItem, UserHistory
+from tests.conftest import make_dataset, make_items
+
+HEAT = make_items()[0]  # Heat (1995): Crime, Thriller; Michael Mann; Al Pacino
+
+
+class Lines(LLM):
+    """An LLM that says its given lines in order, then repeats the last."""
+
+    name = "lines"
+
+    def __init__(self, *lines: str):
+        super().__init__()
+        self.lines, self.prompts = list(lines), []
+
+    def chat_batch(self, conversations, config=None, prefixes=None):
+        self.prompts += [c[-1]["content"] for c in conversations]
+        return [self.lines.pop(0) if len(self.lines) > 1 else self.lines[0] for _ in conversations]
+
+    def stream(self, messages, config=None):
+        raise NotImplementedError
+
+    def complete(self, prompt, config=None):
+        raise NotImplementedError
+
+    def text_logprobs(self, text, top=0):
+        raise NotImplementedError
+
+    def embed(self, texts):
+        raise NotImplementedError
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+
+def test_the_leak_guard_catches_the_title_and_near_copies_only():
+    assert leaks("Have you seen Heat? That one.", HEAT)
+    assert not leaks("The heater broke, so I want something warm.", HEAT)
+    ark = Item(id="9", title="Raiders of the Lost Ark", year=1981)
+    assert leaks("something like raiders of the lost arc would be great", ark)
+    assert not leaks("An adventure with a hero in a hat, please.", ark)
+
+
+def test_a_leaking_utterance_is_written_again_and_then_replaced():
+    llm = Lines("I want Heat, the one with Al Pacino.", "A tense crime film from the 90s, please.")
+    said = LLMSimulator(llm).utter(HEAT, None, 0)
+    assert said.act is Act.DESCRIBE and said.rewrites == 1 and not leaks(said.text, HEAT)
+    assert "Heat" not in llm.prompts[0]  # the LLM is never told the title
+    stubborn = LLMSimulator(Lines("Heat (1995), obviously.")).utter(HEAT, None, 0)
+    assert stubborn.fallback and not leaks(stubborn.text, HEAT) and "crime" in stubborn.text
+
+
+class Shows(CRSModel):
+    """Shows the catalog in a fixed order, the target at system turn ``at`` (never when 0)."""
+
+    name = "shows"
+    description = "Test model that reveals a chosen item at a chosen turn."
+
+    def __init__(self, dataset, target: str, at: int):
+        super().__init__(dataset)
+        self.target, self.at, self.seen = target, at, []
+
+    def respond(self, dialogue: Dialogue, history: UserHistory | None = None) -> Reply:
+        self.seen.append(dialogue)
+        turn = len(self.seen)
+        ids = [i for i in self.catalog.ids if i != self.target][:5]
+        if turn == self.at:
+            ids = [self.target, *ids[:4]]
+        return Reply(
+            text="How about these?",
+            items=[ScoredItem(item_id=i, score=1.0, title=self.catalog[i].title) for i in ids],
+            recommends=True,
+        )
+
+
+def test_an_episode_ends_when_the_target_is_shown_and_no_model_call_sees_it():
+    dataset = make_dataset()
+    cfg = SimulatorConfig(max_turns=5)
+    model = Shows(dataset, HEAT.id, at=3)
+    episode = run_episode(model, TemplateSimulator(cfg), HEAT, cfg)
+    assert episode.success_turn == 3 and episode.system_turns == 3
+    acts = [t["act"] for t in episode.turns if t["role"] == "user"]
+    assert acts == ["describe", "reject", "reject", "accept"]
+    for dialogue in model.seen:  # the hidden target is in no context a model received
+        assert HEAT.id not in str(dialogue.meta)
+        assert not any(leaks(t.text, HEAT) for t in dialogue.turns if t.role == "user")
+    never = run_episode(Shows(dataset, HEAT.id, at=0), TemplateSimulator(cfg), HEAT, cfg)
+    assert never.success_turn is None and never.system_turns == 5
+    assert never.turns[-1]["act"] == Act.QUIT
+
+
+def test_the_local_smollm2_simulator_writes_a_line_without_the_title():
+    from backend.llm import get_llm
+
+    said = LLMSimulator(get_llm("smollm2", base_url="")).utter(HEAT, None, 0)
+    assert said.text and not leaks(said.text, HEAT)
