@@ -315,6 +315,50 @@ def train_pecrs_cmd(
     )
 
 
+@app.command("simulate")
+def simulate_cmd(
+    models: Annotated[str, typer.Argument(help="Registered model names, comma-separated.")],
+    dataset: DatasetArg = "movielens-100k",
+    data_dir: DataDirOpt = None,
+    n: Annotated[int, typer.Option(help="Simulated users (each wants one held-out movie).")] = 100,
+    max_turns: Annotated[int, typer.Option(help="System turns before the user gives up.")] = 5,
+    items_per_turn: Annotated[int, typer.Option(help="Items of a reply the user looks at.")] = 5,
+    simulator: Annotated[
+        str, typer.Option(help="llm (the local LLM, or CRS_LLM_BASE_URL) or template.")
+    ] = "llm",
+    seed: Annotated[int, typer.Option(help="Chooses the users and seeds the simulator.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write the figures (JSON) here.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Let a simulated user talk to each MODEL: success within 1/3/5 turns (S@k) and average turns
+    (AT). Transcripts go to CRS_HOME/runs/simulate; a stopped run continues with the same command."""
+    from backend.eval.simulate import simulate
+    from backend.simulator import LLMSimulator, SimulatorConfig, TemplateSimulator
+
+    if simulator not in ("llm", "template"):
+        fail(f"--simulator must be llm or template, got {simulator!r}")
+    ds = load_or_fail(dataset, data_dir)
+    if not ds.histories:
+        fail(f"{dataset} has no user histories to draw simulated users from; try movielens-100k")
+    config = SimulatorConfig(max_turns=max_turns, items_per_turn=items_per_turn, seed=seed)
+    results = []
+    for name in [m.strip() for m in models.split(",") if m.strip()]:
+        crs = model_or_fail(name, ds, parse_overrides(set_))
+        if simulator == "llm":
+            from backend.llm import get_llm
+
+            user = LLMSimulator(get_llm(), config)
+        else:
+            user = TemplateSimulator(config)
+        path = get_settings().CRS_HOME / "runs" / "simulate" / f"{name}-{ds.name}-{simulator}.jsonl"
+        results.append({**simulate(crs, ds, user, config, n, path), "transcripts": str(path)})
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        console.print(f"wrote {out}")
+    console.print_json(json.dumps(results))
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="A registered model name (see `crs models`).")],

@@ -25,7 +25,7 @@ from rapidfuzz import fuzz
 
 from backend.llm import LLM, GenerationConfig
 from backend.registry import CRSModel
-from backend.types import Dialogue, Item, Reply, Turn
+from backend.types import Dialogue, Item, Reply, Turn, UserHistory
 
 
 class Act(StrEnum):
@@ -212,10 +212,12 @@ def run_episode(
     simulator: UserSimulator,
     target: Item,
     config: SimulatorConfig,
-    user_id: str | None = None,
+    history: UserHistory | None = None,
 ) -> Episode:
-    """Let ``simulator`` talk to ``model`` until it accepts (the target was shown) or quits."""
+    """Let ``simulator`` talk to ``model`` until it accepts (the target was shown) or quits;
+    ``history`` (without the target) goes to the model with every turn."""
     episode = Episode(target=target.id)
+    user_id = history.user_id if history else None
     dialogue = Dialogue(id=f"sim-{target.id}", user_id=user_id)
     said = simulator.utter(target, None, 0)
     for system_turn in range(1, config.max_turns + 1):
@@ -224,7 +226,7 @@ def run_episode(
         episode.turns.append({"role": "user", "act": said.act.value, "text": said.text})
         dialogue.turns.append(Turn(role="user", text=said.text))
         # The model sees the turns so far and nothing of the simulator's state.
-        reply = model.respond(dialogue.prefix(len(dialogue.turns)))
+        reply = model.respond(dialogue.prefix(len(dialogue.turns)), history)
         shown = reply.item_ids[: config.items_per_turn]
         episode.turns.append({"role": "system", "text": reply.text, "items": shown})
         dialogue.turns.append(Turn(role="system", text=reply.text, items=shown))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from backend.llm import LLM
 from backend.registry import CRSModel
 from backend.simulator import (
@@ -108,3 +110,36 @@ def test_the_local_smollm2_simulator_writes_a_line_without_the_title():
 
     said = LLMSimulator(get_llm("smollm2", base_url="")).utter(HEAT, None, 0)
     assert said.text and not leaks(said.text, HEAT)
+
+
+def test_crs_simulate_reports_success_and_turns_and_resumes(monkeypatch, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    import backend.cli_common as common
+    from backend.cli import app
+    from backend.types import Interaction
+
+    dataset = make_dataset()
+    for u, liked in enumerate(["1", "3", "2", "4"]):  # each user's last like is their target
+        dataset.histories[f"s{u}"] = UserHistory(
+            user_id=f"s{u}",
+            interactions=[
+                Interaction(item_id="5", rating=2, time=1),
+                Interaction(item_id=liked, rating=5, time=2),
+            ],
+        )
+    monkeypatch.setattr(common, "load_dataset", lambda name, data_dir=None: dataset)
+    out = tmp_path / "sim.json"
+    args = ["simulate", "popularity", "--n", "4", "--simulator", "template", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    [figures] = json.loads(out.read_text())
+    assert figures["episodes"] == 4 and 0 <= figures["S@1"] <= figures["S@3"] <= figures["S@5"] <= 1
+    assert 1 <= figures["AT"] <= 5
+    transcripts = Path(figures["transcripts"])
+    episodes = [json.loads(line) for line in transcripts.read_text().splitlines()[1:]]
+    assert len(episodes) == 4 and all(e["turns"][0]["act"] == "describe" for e in episodes)
+    again = CliRunner().invoke(app, args)  # everything is in the transcripts: nothing reruns
+    assert again.exit_code == 0 and json.loads(out.read_text()) == [figures]
