@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from backend.data.base import Dataset
 from backend.eval.metrics import DEFAULT_RANK_KS, DEFAULT_RECALL_KS, MetricAccumulator
+from backend.journal import Journal
 from backend.registry import CRSModel
 from backend.types import Dialogue, Turn, UserHistory
 
@@ -138,7 +139,11 @@ def evaluate(
     }
     log_ = Journal(journal, settings) if journal else None
     depth = max([*recall_ks, *rank_ks, PREDICTION_TOP_N])
-    done = log_.records(jobs) if log_ else []
+    done = (
+        log_.load(lambda j, r: (r["dialogue_id"], r["turn"]) == (jobs[j][0].id, jobs[j][1]))
+        if log_
+        else []
+    )
 
     def score(dialogue: Dialogue, i: int, record: dict[str, Any]) -> None:
         gold: Turn = dialogue.turns[i]
@@ -214,51 +219,6 @@ def evaluate(
     if log_:
         log_.close()
     return result
-
-
-class Journal:
-    """The scored turns of one evaluation run, a JSON line each after a header of its settings.
-
-    A run started again with the same settings replays the turns already there and continues
-    after them; with other settings (another model config, split, limit …) it starts over.
-    """
-
-    def __init__(self, path: Path, settings: dict[str, Any]):
-        self.path = Path(path)
-        self.settings = json.loads(json.dumps(settings))  # as it reads back from the file
-
-    def records(self, jobs: Sequence[tuple[Dialogue, int]]) -> list[dict[str, Any]]:
-        """The turns of ``jobs`` already scored by this same run, in order."""
-        found: list[dict[str, Any]] = []
-        if self.path.is_file():
-            with self.path.open() as f:
-                lines = f.read().splitlines()
-            if lines and json.loads(lines[0]) == {"settings": self.settings}:
-                for line, (dialogue, i) in zip(lines[1:], jobs, strict=False):
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:  # cut short by the stop
-                        break
-                    if (record["dialogue_id"], record["turn"]) != (dialogue.id, i):
-                        break
-                    found.append(record)
-            else:
-                log.warning("%s was written by another evaluation; starting over", self.path)
-        if found:
-            log.info("resuming after %d of %d turns from %s", len(found), len(jobs), self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("w") as f:  # rewritten whole: a torn last line goes
-            f.write(json.dumps({"settings": self.settings}) + "\n")
-            f.writelines(json.dumps(r) + "\n" for r in found)
-        return found
-
-    def append(self, records: Sequence[dict[str, Any]]) -> None:
-        with self.path.open("a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-
-    def close(self) -> None:
-        """The run is complete: its result is the record now."""
-        self.path.unlink(missing_ok=True)
 
 
 def _history(dataset: Dataset, dialogue: Dialogue) -> UserHistory | None:

@@ -2,7 +2,7 @@
 
 Each of ``n`` users (seeded choice among those with a history) wants their last liked movie; the
 models see the rest of the history (for the models that read one) and the conversation, never
-the target. An episode per (model, user) is appended to a transcript file as it ends, so a stopped
+the target. An episode per (model, user) is appended to a transcript file (a `Journal`, kept) as it ends, so a stopped
 run continues with the same command. Reported per model, as LatentCRS Table 4 and iEvaLM do:
 S@k (the target shown within k system turns), AT (average system turns, a failure counting the
 maximum), and the simulator's rewrites and template fallbacks (its leak guard at work).
@@ -10,7 +10,6 @@ maximum), and the simulator's rewrites and template fallbacks (its leak guard at
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import asdict
@@ -20,6 +19,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from backend.data.base import Dataset
+from backend.journal import Journal
 from backend.registry import CRSModel
 from backend.simulator import Episode, SimulatorConfig, UserSimulator, run_episode
 from backend.types import Item, UserHistory
@@ -74,30 +74,21 @@ def simulate(
 ) -> dict[str, Any]:
     """Run one episode per target user with ``model``; resumes from ``transcripts`` (JSONL)."""
     jobs = targets(dataset, n, config.seed)
-    header = {"model": model.name, "config": model.config_dict(), "simulator": asdict(config)}
-    done: list[Episode] = []
-    if transcripts.is_file():
-        lines = transcripts.read_text().splitlines()
-        if lines and json.loads(lines[0]) == {"settings": header}:
-            for line in lines[1:]:
-                try:
-                    done.append(Episode(**json.loads(line)))
-                except (json.JSONDecodeError, TypeError):  # a line cut short by a stop
-                    break
-    transcripts.parent.mkdir(parents=True, exist_ok=True)
-    with transcripts.open("w") as f:
-        f.write(json.dumps({"settings": header}) + "\n")
-        f.writelines(json.dumps(asdict(e)) + "\n" for e in done)
-    if done:
-        log.info("resuming %s after %d of %d episodes", model.name, len(done), len(jobs))
+    journal = Journal(
+        transcripts,
+        {"model": model.name, "config": model.config_dict(), "simulator": asdict(config)},
+    )
+    done = [
+        Episode(**r)
+        for r in journal.load(lambda j, r: j < len(jobs) and r.get("target") == jobs[j][1].id)
+    ]
     bar = tqdm(
         total=len(jobs), initial=len(done), desc=f"simulate {model.name}", disable=not progress
     )
     for history, target in jobs[len(done) :]:
         episode = run_episode(model, simulator, target, config, history)
         done.append(episode)
-        with transcripts.open("a") as f:
-            f.write(json.dumps(asdict(episode)) + "\n")
+        journal.append([asdict(episode)])
         bar.update(1)
     bar.close()
     return {"model": model.name, "dataset": dataset.name, **summary(done, config)}
