@@ -159,12 +159,57 @@ def leaderboard(
     )
 
 
+def simulated_board(engine, human: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The board from simulated battles (`crs simulate --battles`) and its rank agreement with
+    the human board ``human`` (Kendall's tau over the models on both), in words."""
+    from scipy.stats import kendalltau
+
+    battles = votes_to_battles(list_votes(engine, blind_only=True, sources=["simulated"]))
+    if not battles:
+        return pd.DataFrame(columns=TABLE_COLUMNS), (
+            "No simulated battles yet: `crs simulate A,B --battles` lets a simulated user judge."
+        )
+    ratings = bootstrap_ratings(battles, n=BOOTSTRAP_ROUNDS, seed=0, l2=PRIOR_L2)
+    counts = vote_counts(battles)
+    rows = sorted(ratings.items(), key=lambda kv: -kv[1][0])
+    table = pd.DataFrame(
+        [
+            {
+                "model": model,
+                "rating": round(r, 1),
+                "95% CI": f"{lo:.0f} – {hi:.0f}",
+                "votes": int(counts.loc[model, "battles"]),
+            }
+            for model, (r, lo, hi) in rows
+        ],
+        columns=TABLE_COLUMNS,
+    )
+    text = f"**Simulated users**: {_plural(len(battles), 'battle')}, kept apart from human votes."
+    shared = sorted(set(table["model"]) & set(human["model"]))
+    if len(shared) < 2:
+        return table, text + " Their agreement with people shows once both rank two models."
+    simulated = table.set_index("model").loc[shared, "rating"]
+    people = human.set_index("model").loc[shared, "rating"]
+    tau = kendalltau(simulated, people).statistic
+    return table, (
+        text + f" Rank agreement with the human board over {len(shared)} models: "
+        f"Kendall's τ = {tau:.2f}."
+    )
+
+
 class _Cache:
     """The last leaderboards by (options, votes stored): a page load asks four times at once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._results: dict[tuple, Result] = {}
+
+    def simulated(self, engine) -> tuple[pd.DataFrame, str]:
+        try:
+            return simulated_board(engine, self.get(engine, False, DEFAULT_SOURCES)[0])
+        except OperationalError:
+            log.exception("simulated board not computed")
+            return pd.DataFrame(columns=TABLE_COLUMNS), BUSY
 
     def get(self, engine, style_control: bool, sources: Sequence[str]) -> Result:
         try:
@@ -213,10 +258,20 @@ def build_leaderboard_tab(engine) -> None:
         chart = gr.Plot(initial(1), label="Ratings")
         heatmap = gr.Plot(initial(2), label="Win rates")
 
-    def show(style_control: bool, chosen: list[str]):
-        return cache.get(engine, bool(style_control), chosen or [])
+    simulated_summary = gr.Markdown(
+        lambda: cache.simulated(engine)[1], elem_id="leaderboard-simulated-summary"
+    )
+    simulated_table = gr.Dataframe(
+        lambda: cache.simulated(engine)[0],
+        label="Simulated users (not in the ratings above)",
+        interactive=False,
+        elem_id="leaderboard-simulated",
+    )
 
-    outputs = [table, chart, heatmap, summary]
+    def show(style_control: bool, chosen: list[str]):
+        return *cache.get(engine, bool(style_control), chosen or []), *cache.simulated(engine)
+
+    outputs = [table, chart, heatmap, summary, simulated_table, simulated_summary]
     refresh.click(show, [style, sources], outputs, api_name="leaderboard")
     style.change(show, [style, sources], outputs)
     sources.change(show, [style, sources], outputs)

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from backend.cli_annotation import annotate, annotators_app, campaigns_app, export, tasks_app
-from backend.cli_arena import arena_app
+from backend.cli_arena import DbOpt, arena_app, open_db
 from backend.cli_common import (
     DataDirOpt,
     DatasetArg,
@@ -327,12 +327,22 @@ def simulate_cmd(
         str, typer.Option(help="llm (the local LLM, or CRS_LLM_BASE_URL) or template.")
     ] = "llm",
     seed: Annotated[int, typer.Option(help="Chooses the users and seeds the simulator.")] = 0,
+    battles: Annotated[
+        bool,
+        typer.Option(
+            help="Also pit every pair of MODELS against the same simulated users and "
+            "store the verdicts as arena votes of source 'simulated' (shown on the leaderboard)."
+        ),
+    ] = False,
+    db_url: DbOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the figures (JSON) here.")] = None,
     set_: SetOpt = None,
 ) -> None:
     """Let a simulated user talk to each MODEL: success within 1/3/5 turns (S@k) and average turns
     (AT). Transcripts go to CRS_HOME/runs/simulate; a stopped run continues with the same command."""
-    from backend.eval.simulate import simulate
+    from itertools import combinations
+
+    from backend.eval.simulate import simulate, simulated_battles
     from backend.simulator import LLMSimulator, SimulatorConfig, TemplateSimulator
 
     if simulator not in ("llm", "template"):
@@ -341,17 +351,26 @@ def simulate_cmd(
     if not ds.histories:
         fail(f"{dataset} has no user histories to draw simulated users from; try movielens-100k")
     config = SimulatorConfig(max_turns=max_turns, items_per_turn=items_per_turn, seed=seed)
-    results = []
-    for name in [m.strip() for m in models.split(",") if m.strip()]:
-        crs = model_or_fail(name, ds, parse_overrides(set_))
+
+    def make_simulator():
         if simulator == "llm":
             from backend.llm import get_llm
 
-            user = LLMSimulator(get_llm(), config)
-        else:
-            user = TemplateSimulator(config)
+            return LLMSimulator(get_llm(), config)
+        return TemplateSimulator(config)
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    crs = {name: model_or_fail(name, ds, parse_overrides(set_)) for name in names}
+    results: list[dict] = []
+    for name, model in crs.items():
         path = get_settings().CRS_HOME / "runs" / "simulate" / f"{name}-{ds.name}-{simulator}.jsonl"
-        results.append({**simulate(crs, ds, user, config, n, path), "transcripts": str(path)})
+        figures = simulate(model, ds, make_simulator(), config, n, path)
+        results.append({**figures, "transcripts": str(path)})
+    if battles:
+        engine = open_db(db_url)
+        for a, b in combinations(names, 2):
+            counts = simulated_battles(engine, crs[a], crs[b], ds, make_simulator, config, n)
+            results.append({"battle": [a, b], "votes": counts})
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")

@@ -17,7 +17,7 @@ DbOpt = Annotated[
 ]
 
 
-def _engine(db_url: str | None):
+def open_db(db_url: str | None):
     from db.session import init_db
 
     return init_db(db_url)
@@ -36,7 +36,7 @@ def arena_import(
     if not path.is_dir():
         fail(f"{path} is not a directory; give the data/ directory of CRSArena-Dial")
     try:
-        reports = import_dial(_engine(db_url), path)
+        reports = import_dial(open_db(db_url), path)
     except (FileNotFoundError, ValueError, KeyError) as err:
         fail(err)
     for setting, report in reports.items():
@@ -60,7 +60,7 @@ def arena_export(
     """Export stored arena votes and their dialogues in the CRSArena-Dial format."""
     from db.crsarena_dial import export_dial
 
-    written, notes = export_dial(_engine(db_url), out, setting, blind_only=not named)
+    written, notes = export_dial(open_db(db_url), out, setting, blind_only=not named)
     for note in notes:
         console.print(f"  {note}", highlight=False)
     console.print(f"{written} votes written to {out}/votes_{setting}.csv")

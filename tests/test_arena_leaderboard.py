@@ -44,15 +44,49 @@ def test_the_tab_is_filled_when_the_page_loads(engine):
     with gr.Blocks() as demo:
         build_leaderboard_tab(engine)
     loaders = {
-        type(c).__name__: c.load_event_to_attach[0]
+        c.elem_id or type(c).__name__: c.load_event_to_attach[0]
         for c in demo.blocks.values()
         if isinstance(c, gr.components.Component) and c.load_event_to_attach
     }
-    assert {"Dataframe", "Plot", "Markdown"} <= set(loaders)
+    assert {"leaderboard-table", "Plot", "leaderboard-summary"} <= set(loaders)
     _vote(engine, 2, "x", "y")  # a later page load sees the new vote
-    table = loaders["Dataframe"]()
+    table = loaders["leaderboard-table"]()
     assert list(table["model"]) == ["x", "y"] and table["votes"].tolist() == [2, 2]
-    assert loaders["Markdown"]().startswith("2 blind votes.")
+    assert loaders["leaderboard-summary"]().startswith("2 blind votes.")
+    assert loaders["leaderboard-simulated-summary"]().startswith("No simulated battles yet")
+
+
+def test_simulated_battles_get_their_own_board_and_its_agreement_with_people(engine):
+    from app.leaderboard import simulated_board
+    from backend.eval.simulate import simulated_battles
+    from backend.registry import create_model
+    from backend.simulator import SimulatorConfig, TemplateSimulator
+    from backend.types import Interaction, UserHistory
+    from tests.conftest import make_dataset
+
+    dataset = make_dataset()
+    for u, liked in enumerate(["1", "3", "2", "4"]):
+        dataset.histories[f"s{u}"] = UserHistory(
+            user_id=f"s{u}",
+            interactions=[
+                Interaction(item_id="5", rating=2, time=1),
+                Interaction(item_id=liked, rating=5, time=2),
+            ],
+        )
+    cfg = SimulatorConfig(max_turns=3)
+    a, b = create_model("popularity", dataset), create_model("retrieval", dataset)
+    counts = simulated_battles(engine, a, b, dataset, lambda: TemplateSimulator(cfg), cfg, 5)
+    assert sum(counts.values()) == 5
+    again = simulated_battles(engine, a, b, dataset, lambda: TemplateSimulator(cfg), cfg, 5)
+    assert again == counts  # the same rounds: stored once
+    human, *_ = leaderboard(engine)  # simulated votes stay out of the human board
+    assert human.empty
+    board, text = simulated_board(engine, human)
+    assert set(board["model"]) == {"popularity", "retrieval"} and "5 battles" in text
+    _vote(engine, 1, "retrieval", "popularity")  # one human vote: both boards rank both
+    human, *_ = leaderboard(engine)
+    _, text = simulated_board(engine, human)
+    assert "Kendall's τ" in text
 
 
 def test_heatmap_shows_numbers_and_marks_pairs_that_never_met():

@@ -175,12 +175,26 @@ def test_blind_arena_round_vote_is_stored_with_hidden_names_and_sides(page, demo
     assert vote.conversation_a["turns"][-1]["role"] == "system"
 
 
-def test_leaderboard_tab_ranks_the_voted_models(page):
+def test_leaderboard_tab_ranks_the_voted_models_and_shows_simulated_battles(page, demo):
+    from typer.testing import CliRunner
+
+    from backend.cli import app
+
+    # A simulated user (templates, so it is quick) judges popularity against retrieval.
+    args = ["simulate", "popularity,retrieval", "--n", "3", "--max-turns", "2"]
+    args += ["--simulator", "template", "--battles", "--db-url", demo[1]]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
     page.get_by_role("tab", name="Leaderboard").click()
     page.locator("#leaderboard-refresh").click()
     page.locator("#leaderboard-summary").get_by_text("1 blind vote.", exact=False).wait_for()
     table = page.locator("#leaderboard-table")
     assert "popularity" in table.inner_text() and "retrieval" in table.inner_text()
+    # The simulated board stands apart, with its agreement with the human one.
+    simulated = page.locator("#leaderboard-simulated-summary")
+    simulated.get_by_text("3 battles", exact=False).wait_for()
+    assert "Kendall's τ" in simulated.inner_text()
+    assert "retrieval" in page.locator("#leaderboard-simulated").inner_text()
     _shot(page, "leaderboard")
 
 

@@ -6,23 +6,31 @@ the target. An episode per (model, user) is appended to a transcript file (a `Jo
 run continues with the same command. Reported per model, as LatentCRS Table 4 and iEvaLM do:
 S@k (the target shown within k system turns), AT (average system turns, a failure counting the
 maximum), and the simulator's rewrites and template fallbacks (its leak guard at work).
+
+Simulated battles: the same simulated user (same target, same seed) talks to two models, and
+who showed the target in fewer turns wins; the verdict is stored beside human votes as an arena
+vote of source "simulated", so the leaderboard can rank models by it and compare the two boards.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
 from tqdm.auto import tqdm
 
 from backend.data.base import Dataset
 from backend.journal import Journal
 from backend.registry import CRSModel
 from backend.simulator import Episode, SimulatorConfig, UserSimulator, run_episode
-from backend.types import Item, UserHistory
+from backend.types import Dialogue, Item, Turn, UserHistory
+from db.arena import VOTES, record_vote
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +100,65 @@ def simulate(
         bar.update(1)
     bar.close()
     return {"model": model.name, "dataset": dataset.name, **summary(done, config)}
+
+
+def battle_vote(a: Episode, b: Episode) -> str:
+    """The simulated user's verdict between two episodes with the same target and seed: the one
+    that showed the target in fewer turns wins ("A" / "B"); "tie" when both did in as many,
+    "both_bad" when neither did."""
+    if a.success_turn is None and b.success_turn is None:
+        return "both_bad"
+    turns_a = a.success_turn or float("inf")
+    turns_b = b.success_turn or float("inf")
+    return "tie" if turns_a == turns_b else "A" if turns_a < turns_b else "B"
+
+
+def _as_dialogue(episode: Episode, target: Item) -> Dialogue:
+    turns = [
+        Turn(role=t["role"], text=str(t["text"]), items=list(t.get("items", [])))
+        for t in episode.turns
+    ]
+    return Dialogue(id=f"sim-{target.id}", turns=turns, meta={"target": target.id})
+
+
+def simulated_battles(
+    engine: Engine | None,
+    model_a: CRSModel,
+    model_b: CRSModel,
+    dataset: Dataset,
+    make_simulator: Callable[[], UserSimulator],
+    config: SimulatorConfig,
+    n: int,
+    progress: bool = True,
+) -> dict[str, int]:
+    """One battle per target user: the same simulated user (same target, same seed) talks to
+    both models, and its verdict is stored as an arena vote of source "simulated" (once per
+    round: running again adds nothing). Returns the count of each verdict."""
+    counts = {vote: 0 for vote in VOTES}
+    for history, target in tqdm(
+        targets(dataset, n, config.seed),
+        desc=f"{model_a.name} vs {model_b.name}",
+        disable=not progress,
+    ):
+        episodes = [
+            run_episode(model, make_simulator(), target, config, history)
+            for model in (model_a, model_b)
+        ]
+        vote = battle_vote(*episodes)
+        record_vote(
+            engine,
+            # One round per (seed, user, pair); hashed to fit the 64-character round id.
+            round_id="sim-"
+            + hashlib.sha256(
+                f"{config.seed}|{dataset.name}|{history.user_id}|{model_a.name}|{model_b.name}".encode()
+            ).hexdigest()[:40],
+            model_a=model_a.name,
+            model_b=model_b.name,
+            left_model=model_a.name,
+            vote=vote,
+            conversation_a=_as_dialogue(episodes[0], target),
+            conversation_b=_as_dialogue(episodes[1], target),
+            source="simulated",
+        )
+        counts[vote] += 1
+    return counts
