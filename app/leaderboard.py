@@ -118,21 +118,10 @@ def _summary(votes: list[ArenaVote], cleaned, style_control: bool, table: pd.Dat
     return summary
 
 
-def leaderboard(
-    engine, *, style_control: bool = False, sources: Sequence[str] = DEFAULT_SOURCES
-) -> Result:
-    """Ratings table, rating chart, win-rate heatmap and a summary from the chosen blind votes."""
-    votes = list_votes(engine, blind_only=True, sources=list(sources))
-    cleaned = clean_votes(votes)
-    battles = votes_to_battles(cleaned.kept)
-    if not battles:
-        message = "No blind votes yet: play a few blind rounds in the Arena tab."
-        if votes:
-            message = "Every vote of these sources was left out (identity leaks, flagged voters)."
-        elif not sources:
-            message = "Pick at least one source of votes."
-        return pd.DataFrame(columns=TABLE_COLUMNS), None, None, message
-    style = style_covariates(*votes_to_style(cleaned.kept)) if style_control else None
+def ratings_table(
+    battles: Sequence[tuple[str, str, str]], style: np.ndarray | None = None
+) -> tuple[pd.DataFrame, list[tuple[str, tuple[float, float, float]]]]:
+    """Bradley–Terry ratings with bootstrap intervals, best first: the table and its rows."""
     ratings = bootstrap_ratings(battles, n=BOOTSTRAP_ROUNDS, seed=0, l2=PRIOR_L2, style=style)
     counts = vote_counts(battles)
     rows = sorted(ratings.items(), key=lambda kv: -kv[1][0])
@@ -148,6 +137,25 @@ def leaderboard(
         ],
         columns=TABLE_COLUMNS,
     )
+    return table, rows
+
+
+def leaderboard(
+    engine, *, style_control: bool = False, sources: Sequence[str] = DEFAULT_SOURCES
+) -> Result:
+    """Ratings table, rating chart, win-rate heatmap and a summary from the chosen blind votes."""
+    votes = list_votes(engine, blind_only=True, sources=list(sources))
+    cleaned = clean_votes(votes)
+    battles = votes_to_battles(cleaned.kept)
+    if not battles:
+        message = "No blind votes yet: play a few blind rounds in the Arena tab."
+        if votes:
+            message = "Every vote of these sources was left out (identity leaks, flagged voters)."
+        elif not sources:
+            message = "Pick at least one source of votes."
+        return pd.DataFrame(columns=TABLE_COLUMNS), None, None, message
+    style = style_covariates(*votes_to_style(cleaned.kept)) if style_control else None
+    table, rows = ratings_table(battles, style)
     title = "Bradley–Terry rating (95% bootstrap CI)" + (
         ", style-controlled" if style_control else ""
     )
@@ -169,21 +177,7 @@ def simulated_board(engine, human: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         return pd.DataFrame(columns=TABLE_COLUMNS), (
             "No simulated battles yet: `crs simulate A,B --battles` lets a simulated user judge."
         )
-    ratings = bootstrap_ratings(battles, n=BOOTSTRAP_ROUNDS, seed=0, l2=PRIOR_L2)
-    counts = vote_counts(battles)
-    rows = sorted(ratings.items(), key=lambda kv: -kv[1][0])
-    table = pd.DataFrame(
-        [
-            {
-                "model": model,
-                "rating": round(r, 1),
-                "95% CI": f"{lo:.0f} – {hi:.0f}",
-                "votes": int(counts.loc[model, "battles"]),
-            }
-            for model, (r, lo, hi) in rows
-        ],
-        columns=TABLE_COLUMNS,
-    )
+    table, _ = ratings_table(battles)
     text = f"**Simulated users**: {_plural(len(battles), 'battle')}, kept apart from human votes."
     shared = sorted(set(table["model"]) & set(human["model"]))
     if len(shared) < 2:
