@@ -156,9 +156,10 @@ def test_too_few_items_for_the_negatives_is_a_clear_error():
 # ----------------------------------------------------------------------------- training
 
 
-def test_two_training_steps_lower_the_loss(rec_dataset, tiny_llm_dir):
+@pytest.mark.parametrize("catalog_recall", [True, False])  # whole catalog / paper's M sampled
+def test_two_training_steps_lower_the_loss(rec_dataset, tiny_llm_dir, catalog_recall):
     torch.manual_seed(0)
-    cfg = config(tiny_llm_dir, lr=5e-3)
+    cfg = config(tiny_llm_dir, lr=1e-3, catalog_recall=catalog_recall)
     built = build(rec_dataset, cfg)
     net = built.net
     samples = built.inputs.samples(rec_dataset.splits["train"])[:4]
@@ -428,7 +429,7 @@ def test_the_warm_start_fits_the_heads_and_rerank_is_kept_only_if_it_helps_on_de
     by_mode = [d["by_mode"] for d in metrics["dev"] if d["step"] == metrics["best_step"]][0]
     better = "rerank" in by_mode and by_mode["rerank"]["mean"] > by_mode["recall"]["mean"]
     assert saved["rerank"] is better is metrics["rerank_used"]
-    cached = list((get_settings().cache / "pecrs").glob("rec-states-*.pt"))
-    assert len(cached) == 2  # the train and the dev contexts
+    cached = set((get_settings().cache / "pecrs").glob("rec-states-*.pt"))
+    assert len(cached) >= 2  # the train and the dev contexts (other tests add theirs)
     train_pecrs(rec_dataset, cfg, tmp_path / "again")
-    assert list((get_settings().cache / "pecrs").glob("rec-states-*.pt")) == cached
+    assert set((get_settings().cache / "pecrs").glob("rec-states-*.pt")) == cached

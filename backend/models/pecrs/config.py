@@ -29,6 +29,9 @@ class PECRSConfig(ModelConfig):
     title_only: bool = False  # Table 5 "w/o Metadata (just title)"
     # Recommendation.
     m_train: int = 150  # negatives per training context (§4.1)
+    # Recall loss against the whole catalog (issue 14: random negatives are easy, mostly obscure
+    # films, so recall learned little more than popularity); paper: the m_train sampled ones.
+    catalog_recall: bool = True
     m_infer: int = 700  # candidates retrieved for reranking at inference (§4.1)
     share_negatives: bool = True  # Table 5 "w/o Neg. sharing (batch)" when false
     temperature: float = 0.05  # cosine / temperature are the recall logits

@@ -245,6 +245,17 @@ class PECRSNet(nn.Module):
         states, lengths = self.items.take(rows.cpu())
         return self.heads.items(states.to(self.device), lengths.to(self.device))
 
+    def pooled_items(self, chunk: int = 256) -> torch.Tensor:
+        """Every item's pooled, standardised token states (what h_item reads), without gradients
+        (the pooling weights learn through the items in contexts and candidates)."""
+        n = len(self.items.lengths)
+        with torch.no_grad():
+            parts = []
+            for start in range(0, n, chunk):
+                states, lengths = self.items.take(torch.arange(start, min(start + chunk, n)))
+                parts.append(self.heads.items.pool(states.to(self.device), lengths.to(self.device)))
+        return torch.cat(parts)
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings, with each item slot replaced by that item's vector (Eq. 2)."""
         is_item = ids < 0
@@ -340,12 +351,17 @@ def pecrs_losses(net: PECRSNet, batch: Batch) -> dict[str, torch.Tensor]:
         rows = has.nonzero()[:, 0]
         queries = hidden[rows, batch.rec_at[rows]]
         cands = batch.candidates[rows]  # (R, K)
-        keys = net.item_vectors(cands.clamp(min=0).flatten()).view(*cands.shape, -1)
-        q = F.normalize(net.heads.f(queries.float()), dim=-1)
-        sims = torch.einsum("rh,rkh->rk", q, F.normalize(keys.float(), dim=-1)) / cfg.temperature
-        sims = sims + net.heads.bias[cands.clamp(min=0)]
-        sims = sims.masked_fill(cands < 0, -torch.inf)
-        recall = F.cross_entropy(sims, batch.gold_at[rows])
+        if cfg.catalog_recall:  # every item is a negative, the hard ones included
+            golds = cands.gather(1, batch.gold_at[rows, None]).squeeze(1)
+            keys = net.heads.items.h_item(net.pooled_items())
+            recall = F.cross_entropy(net.similarity(queries, keys), golds)
+        else:  # the paper's M sampled negatives
+            keys = net.item_vectors(cands.clamp(min=0).flatten()).view(*cands.shape, -1)
+            q = F.normalize(net.heads.f(queries.float()), dim=-1)
+            sims = torch.einsum("rh,rkh->rk", q, F.normalize(keys.float(), dim=-1))
+            sims = sims / cfg.temperature + net.heads.bias[cands.clamp(min=0)]
+            sims = sims.masked_fill(cands < 0, -torch.inf)
+            recall = F.cross_entropy(sims, batch.gold_at[rows])
         scores = net.rerank_scores(hidden, batch)[rows]
         rerank = F.cross_entropy(scores, batch.gold_at[rows])
     total = cfg.alpha * recall + cfg.beta * rerank + cfg.gamma * gen

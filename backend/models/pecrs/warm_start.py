@@ -58,17 +58,6 @@ def query_states(net: PECRSNet, contexts: Sequence[list[int]], batch_size: int =
     return states
 
 
-def pooled_items(net: PECRSNet, chunk: int = 256) -> torch.Tensor:
-    """Every item's pooled, standardised token states (what h_item reads), (N_items, H)."""
-    n = len(net.items.lengths)
-    with torch.no_grad():
-        parts = []
-        for start in range(0, n, chunk):
-            states, lengths = net.items.take(torch.arange(start, min(start + chunk, n)))
-            parts.append(net.heads.items.pool(states.to(net.device), lengths.to(net.device)))
-    return torch.cat(parts)
-
-
 @dataclass
 class DevQueries:
     """Dev turns for choosing the warm start's epoch: contexts, gold item rows, rows to leave out."""
@@ -125,7 +114,7 @@ def warm_start_heads(
     dev_states = query_states(net, dev.contexts).to(net.device) if dev and dev.golds else None
     index = torch.tensor([row_of[tuple(s.context)] for s in with_item], device=net.device)
     golds = torch.tensor([s.gold for s in with_item], device=net.device)
-    pooled = pooled_items(net)
+    pooled = net.pooled_items()
     heads = net.heads
     # h_item stays: the contexts' item slots go through it, so training it would stale the cache.
     params = list(heads.f.parameters())
