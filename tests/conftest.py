@@ -8,7 +8,7 @@ import pytest
 
 from backend.catalog import Catalog
 from backend.data.base import Dataset
-from backend.llm import resolve_model_dir
+from backend.llm import LLM, resolve_model_dir
 from backend.types import Dialogue, Interaction, Item, Turn, UserHistory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,3 +140,22 @@ def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+class ChatOnlyLLM(LLM):
+    """Base of the test LLMs that only chat: the other calls fail loudly, tokens are words."""
+
+    def stream(self, messages, config=None):
+        raise NotImplementedError
+
+    def complete(self, prompt, config=None):
+        raise NotImplementedError
+
+    def text_logprobs(self, text, top=0):
+        raise NotImplementedError
+
+    def embed(self, texts):
+        raise NotImplementedError
+
+    def count_tokens(self, text):
+        return len(text.split())

@@ -32,7 +32,7 @@ from backend.generate.profiles import (
 )
 from backend.generate.templates import TEMPLATES, bind_items, fill
 from backend.generate.writer import clean_utterance, parse_dialogue
-from backend.llm import LLM
+from tests.conftest import ChatOnlyLLM
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ratings"
 
@@ -181,7 +181,7 @@ def test_utterances_are_cleaned_and_whole_dialogues_parsed():
 # --- runs: batching, resuming, determinism, the loader ----------------------------------------
 
 
-class ScriptedLLM(LLM):
+class ScriptedLLM(ChatOnlyLLM):
     """Answers every utterance with its prefix and one fixed sentence; can crash on a given call."""
 
     name = "scripted"
@@ -198,21 +198,6 @@ class ScriptedLLM(LLM):
             n = [int(c[-1]["content"].split("Write exactly ")[1].split()[0]) for c in conversations]
             return ["\n".join(f"User: Line {i}." for i in range(k)) for k in n]
         return [f"{p} That sounds good to me.".strip() for p in prefixes]
-
-    def stream(self, messages, config=None):
-        raise NotImplementedError
-
-    def complete(self, prompt, config=None):
-        raise NotImplementedError
-
-    def text_logprobs(self, text, top=0):
-        raise NotImplementedError
-
-    def embed(self, texts):
-        raise NotImplementedError
-
-    def count_tokens(self, text):
-        return len(text.split())
 
 
 def _profile(user_id: str, likes: list[str], dislikes: list[str], might: list[str]) -> UserProfile:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backend.llm import LLM
 from backend.registry import CRSModel
 from backend.simulator import (
     Act,
@@ -15,12 +14,12 @@ from backend.simulator import (
     run_episode,
 )
 from backend.types import Dialogue, Item, Reply, ScoredItem, UserHistory
-from tests.conftest import make_dataset, make_items
+from tests.conftest import ChatOnlyLLM, make_dataset, make_items
 
 HEAT = make_items()[0]  # Heat (1995): Crime, Thriller; Michael Mann; Al Pacino
 
 
-class Lines(LLM):
+class Lines(ChatOnlyLLM):
     """An LLM that says its given lines in order, then repeats the last."""
 
     name = "lines"
@@ -32,21 +31,6 @@ class Lines(LLM):
     def chat_batch(self, conversations, config=None, prefixes=None):
         self.prompts += [c[-1]["content"] for c in conversations]
         return [self.lines.pop(0) if len(self.lines) > 1 else self.lines[0] for _ in conversations]
-
-    def stream(self, messages, config=None):
-        raise NotImplementedError
-
-    def complete(self, prompt, config=None):
-        raise NotImplementedError
-
-    def text_logprobs(self, text, top=0):
-        raise NotImplementedError
-
-    def embed(self, texts):
-        raise NotImplementedError
-
-    def count_tokens(self, text):
-        return len(text.split())
 
 
 def test_the_leak_guard_catches_the_title_and_near_copies_only():
