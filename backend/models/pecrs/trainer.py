@@ -194,7 +194,8 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
                 log.info(
                     "pecrs step %d: [REC] threshold %.3f, dev item F1 %.3f",
                     step,
-                    *[run.rec_threshold, f1],
+                    run.rec_threshold,
+                    f1,
                 )
             save_checkpoint(net, out_dir)
 
