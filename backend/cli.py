@@ -139,6 +139,10 @@ def data_generate(
     for key, value in stats.items():
         if not isinstance(value, dict):
             table.add_row(key, f"{value:,}")
+    if "act_check" in stats:
+        acts = stats["act_check"]
+        table.add_row("carry their act: first draft", f"{acts['first_draft']:.1%}")
+        table.add_row("carry their act: after rewrites", f"{acts['final']:.1%}")
     for reason, count in stats["filter_counts"].items():
         table.add_row(f"filtered: {reason}", f"{count:,}")
     for split, count in stats["splits"].items():
@@ -327,6 +331,10 @@ def simulate_cmd(
         str, typer.Option(help="llm (the local LLM, or CRS_LLM_BASE_URL) or template.")
     ] = "llm",
     seed: Annotated[int, typer.Option(help="Chooses the users and seeds the simulator.")] = 0,
+    act_check: Annotated[
+        bool,
+        typer.Option(help="Rewrite LLM lines that miss their act (the act check of backend.acts)."),
+    ] = True,
     battles: Annotated[
         bool,
         typer.Option(
@@ -354,16 +362,18 @@ def simulate_cmd(
 
     def make_simulator():
         if simulator == "llm":
+            from backend.acts import get_act_check
             from backend.llm import get_llm
 
-            return LLMSimulator(get_llm(), config)
+            return LLMSimulator(get_llm(), config, get_act_check().carries if act_check else None)
         return TemplateSimulator(config)
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     crs = {name: model_or_fail(name, ds, parse_overrides(set_)) for name in names}
     results: list[dict] = []
+    kind = simulator if simulator == "template" or act_check else f"{simulator}-no-act-check"
     for name, model in crs.items():
-        path = get_settings().CRS_HOME / "runs" / "simulate" / f"{name}-{ds.name}-{simulator}.jsonl"
+        path = get_settings().CRS_HOME / "runs" / "simulate" / f"{name}-{ds.name}-{kind}.jsonl"
         figures = simulate(model, ds, make_simulator(), config, n, path)
         results.append({**figures, "transcripts": str(path)})
     if battles:

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from rapidfuzz import fuzz
 
+from backend.acts import ActChecker, Acts
 from backend.llm import LLM, GenerationConfig
 from backend.registry import CRSModel
 from backend.types import Dialogue, Item, Reply, Turn, UserHistory
@@ -34,6 +35,15 @@ class Act(StrEnum):
     REJECT = "reject"  # turn down what was shown, with a reason
     ACCEPT = "accept"  # the target was shown
     QUIT = "quit"  # the last turn passed without the target
+
+
+# The act check's labels each LLM-written act must carry (accept and quit come from templates);
+# a rejection says what the user wants instead, so it may read as a request too.
+CHECKED_ACTS: dict[Act, Acts] = {
+    Act.DESCRIBE: "request",
+    Act.ANSWER: "request",
+    Act.REJECT: ("reject", "request"),
+}
 
 
 @dataclass
@@ -50,7 +60,8 @@ class Utterance:
     act: Act
     text: str
     rewrites: int = 0  # leaking drafts thrown away
-    fallback: bool = False  # every draft leaked: the template was used
+    act_rewrites: int = 0  # drafts thrown away for missing their act (the act check)
+    fallback: bool = False  # no draft passed: the template was used
 
 
 # ----------------------------------------------------------------------------- the leak guard
@@ -161,10 +172,12 @@ class TemplateSimulator:
 
 @dataclass
 class LLMSimulator:
-    """Acts by rule, written by an LLM (local or an endpoint) and checked by the leak guard."""
+    """Acts by rule, written by an LLM (local or an endpoint), checked by the leak guard and,
+    with ``act_check``, by the act check: a draft that leaks or misses its act is rewritten."""
 
     llm: LLM
     config: SimulatorConfig = field(default_factory=SimulatorConfig)
+    act_check: ActChecker | None = None
     persona: str = "You are a movie fan chatting with a movie recommender. Write only your line."
 
     def __post_init__(self) -> None:
@@ -179,14 +192,20 @@ class LLMSimulator:
             {"role": "system", "content": self.persona},
             {"role": "user", "content": _instruction(act, target, reply, self.rng)},
         ]
+        leaked = missed = 0
         for rewrite in range(cfg.retries + 1):
             gen = GenerationConfig(
                 max_new_tokens=48, temperature=0.7, top_p=0.9, seed=cfg.seed + rewrite, stop=["\n"]
             )
             text = self.llm.chat(messages, gen).strip().strip('"')
-            if text and not leaks(text, target, cfg.near_copy):
-                return Utterance(act, text, rewrites=rewrite)
-        return Utterance(act, template(act, target, self.rng), cfg.retries + 1, fallback=True)
+            if not text or leaks(text, target, cfg.near_copy):
+                leaked += 1
+            elif self.act_check and not self.act_check([text], [CHECKED_ACTS[act]])[0]:
+                missed += 1
+            else:
+                return Utterance(act, text, rewrites=leaked, act_rewrites=missed)
+        fallback = template(act, target, self.rng)
+        return Utterance(act, fallback, rewrites=leaked, act_rewrites=missed, fallback=True)
 
 
 # ----------------------------------------------------------------------------- episodes
@@ -200,6 +219,7 @@ class Episode:
     turns: list[dict[str, object]] = field(default_factory=list)
     success_turn: int | None = None  # the system turn that showed the target (1-based)
     rewrites: int = 0
+    act_rewrites: int = 0
     fallbacks: int = 0
 
     @property
@@ -222,6 +242,7 @@ def run_episode(
     said = simulator.utter(target, None, 0)
     for system_turn in range(1, config.max_turns + 1):
         episode.rewrites += said.rewrites
+        episode.act_rewrites += said.act_rewrites
         episode.fallbacks += said.fallback
         episode.turns.append({"role": "user", "act": said.act.value, "text": said.text})
         dialogue.turns.append(Turn(role="user", text=said.text))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from backend.acts import intended_act
 from backend.cli import app
 from backend.data import load_dataset
 from backend.generate import filters
@@ -31,7 +32,8 @@ from backend.generate.profiles import (
     review_text,
 )
 from backend.generate.templates import TEMPLATES, bind_items, fill
-from backend.generate.writer import clean_utterance, parse_dialogue
+from backend.generate.writer import ActCounts, Job, clean_utterance, parse_dialogue, write_by_turn
+from backend.llm import GenerationConfig
 from tests.conftest import ChatOnlyLLM
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ratings"
@@ -178,6 +180,46 @@ def test_utterances_are_cleaned_and_whole_dialogues_parsed():
     assert parse_dialogue(text, 60) == ["Hi there.", "Hello! How are you?", "Fine."]
 
 
+class OffActFirst(ChatOnlyLLM):
+    """Writes "Whatever." after every prefix on a step's first call, the prefix alone after."""
+
+    name = "off-act-first"
+
+    def __init__(self):
+        super().__init__()
+        self.seeds: set[int] = set()
+
+    def chat_batch(self, conversations, config=None, prefixes=None):
+        first = config.seed not in self.seeds and config.seed < 1000
+        self.seeds.add(config.seed)
+        return [f"{p} Whatever.".strip() if first else p or "Fine." for p in prefixes]
+
+
+def test_the_act_check_writes_a_turn_that_misses_its_act_again(filled, catalog):
+    steps, titles, _ = filled
+    job = Job(
+        steps, titles, {i: "" for i in titles}, {"likes": [], "dislikes": []}, random.Random(0)
+    )
+    act_steps = sum(intended_act(s.goals) is not None for s in steps)
+    assert act_steps >= 2  # this template asks for a movie and accepts one
+
+    def check(texts, acts):  # stands in for the MiniLM check: "Whatever." carries no act
+        return ["Whatever" not in t for t in texts]
+
+    counts = [ActCounts()]
+    said = write_by_turn(OffActFirst(), [job], GenerationConfig(), act_check=check, counts=counts)
+    acted = [u for u, s in zip(said[0], steps, strict=True) if intended_act(s.goals)]
+    assert all("Whatever" not in u for u in acted)
+    assert counts[0] == ActCounts(act_steps, 0, act_steps, act_steps)
+    # A check nothing passes: every act step is rewritten act_retries times, the last draft kept.
+    counts = [ActCounts()]
+    said = write_by_turn(
+        OffActFirst(), [job], GenerationConfig(), act_check=lambda t, a: [False] * len(t),
+        act_retries=2, counts=counts,
+    )  # fmt: skip
+    assert counts[0] == ActCounts(act_steps, 0, 0, 2 * act_steps) and len(said[0]) == len(steps)
+
+
 # --- runs: batching, resuming, determinism, the loader ----------------------------------------
 
 
@@ -221,7 +263,9 @@ def _records(folder: Path) -> list[dict]:
 def test_a_crashed_run_keeps_finished_batches_and_resumes_to_the_same_result(
     tmp_path, profiles, catalog
 ):
-    config = GenerateConfig(source="fixture", n=6, batch_size=2, dialogues_per_user=2)
+    config = GenerateConfig(
+        source="fixture", n=6, batch_size=2, dialogues_per_user=2, act_check=False
+    )
     first_batch_steps = max(len(p.template) for p in plan_dialogues(profiles, config)[:2])
     crashed = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="went away"):
@@ -262,20 +306,22 @@ def test_splits_are_dealt_per_block_and_survive_extending_a_run():
 
 
 def test_a_resumed_run_must_keep_its_settings(tmp_path, profiles, catalog):
-    config = GenerateConfig(source="fixture", n=2, batch_size=2)
+    config = GenerateConfig(source="fixture", n=2, batch_size=2, act_check=False)
     generate(profiles, catalog, ScriptedLLM(), config, tmp_path, progress=False)
     with pytest.raises(ValueError, match="different seed"):
         generate(
             profiles,
             catalog,
             ScriptedLLM(),
-            GenerateConfig(source="fixture", n=2, seed=1),
+            GenerateConfig(source="fixture", n=2, seed=1, act_check=False),
             tmp_path,
         )
 
 
 def test_generated_folder_loads_as_a_dataset(tmp_path, profiles, catalog):
-    config = GenerateConfig(source="fixture", n=10, batch_size=4, dialogues_per_user=5)
+    config = GenerateConfig(
+        source="fixture", n=10, batch_size=4, dialogues_per_user=5, act_check=False
+    )
     stats = generate(profiles, catalog, ScriptedLLM(), config, tmp_path, progress=False)
     ds = load_dataset("llm-redial", tmp_path)
     assert sum(len(v) for v in ds.splits.values()) == stats["dialogues"] == 10
@@ -310,7 +356,9 @@ def test_generated_dialogues_become_llm_redial_annotation_tasks(tmp_path, profil
     from db.schema import Response, Task
     from db.session import init_db, session_scope
 
-    config = GenerateConfig(source="fixture", n=10, batch_size=5, dialogues_per_user=5)
+    config = GenerateConfig(
+        source="fixture", n=10, batch_size=5, dialogues_per_user=5, act_check=False
+    )
     generate(profiles, catalog, ScriptedLLM(), config, tmp_path / "gen", progress=False)
     db_url = f"sqlite:///{tmp_path / 'tasks.sqlite'}"
     args = ["tasks", "create", "--campaign", "quality", "--template", "llm-redial"]

@@ -5,7 +5,8 @@ models see the rest of the history (for the models that read one) and the conver
 the target. An episode per (model, user) is appended to a transcript file (a `Journal`, kept) as it ends, so a stopped
 run continues with the same command. Reported per model, as LatentCRS Table 4 and iEvaLM do:
 S@k (the target shown within k system turns), AT (average system turns, a failure counting the
-maximum), and the simulator's rewrites and template fallbacks (its leak guard at work).
+maximum), and the simulator's rewrites and template fallbacks (its leak guard and act check
+at work).
 
 Simulated battles: the same simulated user (same target, same seed) talks to two models, and
 who showed the target in fewer turns wins; the verdict is stored beside human votes as an arena
@@ -64,6 +65,7 @@ def summary(episodes: list[Episode], config: SimulatorConfig) -> dict[str, float
         )
     out["AT"] = sum(e.success_turn or config.max_turns for e in episodes) / n
     out["rewrites_per_episode"] = sum(e.rewrites for e in episodes) / n
+    out["act_rewrites_per_episode"] = sum(e.act_rewrites for e in episodes) / n
     out["fallbacks_per_episode"] = sum(e.fallbacks for e in episodes) / n
     out["reply_words"] = sum(
         len(str(t["text"]).split()) for e in episodes for t in e.turns if t["role"] == "system"

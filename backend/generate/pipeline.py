@@ -27,7 +27,7 @@ from backend.catalog import Catalog
 from backend.generate import filters
 from backend.generate.profiles import UserProfile, review_text
 from backend.generate.templates import TEMPLATES, NotEnoughItems, Template, bind_items, fill
-from backend.generate.writer import MODES, Job, write_by_turn, write_whole
+from backend.generate.writer import MODES, ActCounts, Job, write_by_turn, write_whole
 from backend.llm import LLM, GenerationConfig
 from backend.types import Dialogue, Turn
 
@@ -36,7 +36,17 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
 RAW = "raw.jsonl"
 # Settings that change what is generated: a resumed run must use the same ones.
-_IDENTITY = ("source", "seed", "mode", "llm", "temperature", "max_words", "dialogues_per_user")
+_IDENTITY = (
+    "source",
+    "seed",
+    "mode",
+    "llm",
+    "temperature",
+    "max_words",
+    "dialogues_per_user",
+    "act_check",
+    "act_retries",
+)
 
 
 @dataclass
@@ -56,6 +66,10 @@ class GenerateConfig:
     context: int = 2  # earlier utterances shown when writing one; each costs prompt time on CPU
     dialogues_per_user: int = 3  # the paper's movie domain has 3.22
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # Turn mode: a user utterance that misses its act (accept, reject, ask) is written again up
+    # to act_retries times (backend.acts; issue 15). False: the paper's four filters only.
+    act_check: bool = True
+    act_retries: int = 3
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -225,6 +239,11 @@ def generate(
     plans = plan_dialogues(profiles, config)
     todo = [p for p in plans if p.index not in done]
     kept = sum(r["status"] == "kept" for i, r in done.items() if i < config.n)
+    act_check = None
+    if config.act_check and config.mode == "turn":
+        from backend.acts import get_act_check
+
+        act_check = get_act_check().carries
     bar = tqdm(
         total=len(plans),
         initial=len(plans) - len(todo),
@@ -237,6 +256,7 @@ def generate(
             batch = todo[start : start + config.batch_size]
             jobs = [_job(p, profiles[p.user_id], catalog, config.seed) for p in batch]
             began = time.perf_counter()
+            counts = [ActCounts() for _ in jobs]
             if config.mode == "turn":
                 written = write_by_turn(
                     llm,
@@ -245,11 +265,14 @@ def generate(
                     config.context,
                     config.max_words,
                     on_step=lambda i, n: bar.set_postfix_str(f"utterance {i + 1}/{n}"),
+                    act_check=act_check,
+                    act_retries=config.act_retries,
+                    counts=counts,
                 )
             else:
                 written = write_whole(llm, jobs, config.generation(), config.max_words)
             seconds = (time.perf_counter() - began) / len(batch)
-            for plan, job, utterances in zip(batch, jobs, written, strict=True):
+            for plan, job, utterances, count in zip(batch, jobs, written, counts, strict=True):
                 reasons = filters.check(utterances, job.steps, job.titles)
                 kept += not reasons
                 record = {
@@ -257,6 +280,7 @@ def generate(
                     "status": "dropped" if reasons else "kept",
                     "reasons": reasons,
                     "seconds": round(seconds, 3),
+                    "acts": dataclasses.asdict(count),
                     "dialogue": to_dialogue(plan, job, utterances, config, llm.name).model_dump(),
                 }
                 raw.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -319,6 +343,10 @@ def finalize(
         out_dir / "items.jsonl.gz", [item.model_dump(exclude_defaults=True) for item in catalog]
     )
     reasons = Counter(reason for r in records for reason in r["reasons"])
+    acts = Counter()
+    for r in records:
+        if r["status"] == "kept":
+            acts.update(r.get("acts", {}))
     stats = {
         **dialogue_statistics(dialogues),
         "attempted": len(records),
@@ -327,6 +355,13 @@ def finalize(
         "seconds_per_dialogue": round(sum(r["seconds"] for r in records) / max(1, len(records)), 2),
         "splits": dict(Counter(d.meta["split"] for d in dialogues)),
     }
+    if acts["checked"]:  # the act check's share of kept utterances that carry their act
+        stats["act_check"] = {
+            "utterances": acts["checked"],
+            "first_draft": round(acts["first_pass"] / acts["checked"], 3),
+            "final": round(acts["final_pass"] / acts["checked"], 3),
+            "rewrites": acts["rewrites"],
+        }
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
 

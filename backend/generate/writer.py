@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from backend.acts import ActChecker, intended_act
 from backend.generate.goals import GOALS
 from backend.generate.templates import FilledStep
 from backend.llm import LLM, GenerationConfig, Messages
@@ -35,13 +36,27 @@ PERSONAS = {
     "user": "You are a movie fan chatting with a movie recommender agent.",
     "system": "You are a friendly movie recommender agent chatting with a user.",
 }
-# How an utterance that must name its movie starts (turn mode); one is drawn per utterance.
+# How an utterance starts in turn mode, one drawn per utterance: those that must name their
+# movie start with it, and the user's feedback and requests start with their act (issue 15: the
+# 135M model, left free, accepted in 27 of 197 acceptance turns and rejected in 7 of 207).
+# The first goal of a step with openers picks them; a reason outranks its plain feedback goal.
 OPENERS = {
     "greet_likes": ("Hi! I recently watched {title}",),
     "greet_dislikes": ("Hi! I recently watched {title}",),
     "rec": ("How about {title}?", "You might like {title}.", "Have you seen {title}?",
             "I'd recommend {title}."),
+    "reason_seen": ("No thanks, I've already seen {title}.", "I've seen {title} already, so I'll pass.",
+                    "Thanks, but I've already watched {title}."),
+    "reason_dislike_review": ("No thanks, I didn't enjoy {title}.",
+                              "I'll pass, I didn't like {title} much.",
+                              "Not for me: I found {title} disappointing."),
+    "accept_reason": ("Sounds great, I'll watch {title} because", "Yes, I'll give {title} a try:"),
+    "accept_no_reason": ("Sounds good, I'll watch {title}.", "Okay, I'll give {title} a try."),
+    "accept_thanks": ("Thanks, I'll watch {title}!", "Great, {title} it is. Thank you"),
+    "express_interest": ("{title} sounds interesting!", "Ooh, {title} sounds good."),
+    "ask_rec": ("Can you recommend a movie", "Could you suggest a film", "I'm looking for a movie"),
 }  # fmt: skip
+_OPENER_ORDER = ("reason_seen", "reason_dislike_review")
 _LABEL = re.compile(
     r"^\s*(?:\d+[.)]\s*)?[*\[]*\s*(User|Agent|System|Assistant)\s*[*\]]*\s*[:：][*\]]*\s*", re.I
 )
@@ -77,11 +92,15 @@ def _instruction(step: FilledStep, job: Job) -> str:
 
 
 def _opener(step: FilledStep, job: Job) -> str:
-    key = next((g for g in step.goals if g in OPENERS or g.startswith("rec_")), None)
-    if key is None or step.item_id is None:
+    goals = sorted(step.goals, key=lambda g: g not in _OPENER_ORDER)
+    key = next((g for g in goals if g in OPENERS or g.startswith("rec_")), None)
+    if key is None:
         return ""
     options = OPENERS["rec" if key.startswith("rec_") else key]
-    return job.rng.choice(options).format(title=job.titles[step.item_id])
+    if step.item_id is None and any("{title}" in o for o in options):
+        return ""
+    title = job.titles[step.item_id] if step.item_id else ""
+    return job.rng.choice(options).format(title=title)
 
 
 def turn_messages(
@@ -103,6 +122,17 @@ def turn_messages(
     return messages
 
 
+@dataclass
+class ActCounts:
+    """What the act check saw: utterances with an act, those passing at the first draft, at the end,
+    and the drafts written again."""
+
+    checked: int = 0
+    first_pass: int = 0
+    final_pass: int = 0
+    rewrites: int = 0
+
+
 def write_by_turn(
     llm: LLM,
     jobs: Sequence[Job],
@@ -110,24 +140,61 @@ def write_by_turn(
     context: int = 3,
     max_words: int = 60,
     on_step: Callable[[int, int], None] | None = None,
+    act_check: ActChecker | None = None,
+    act_retries: int = 3,
+    counts: Sequence[ActCounts] | None = None,
 ) -> list[list[str]]:
     """Utterances of every job, written step by step; each step is one batched LLM call.
 
+    With ``act_check``, a user utterance whose goals call for an act (accept, reject, ask for a
+    recommendation) and that does not carry it is written again, up to ``act_retries`` times
+    with new seeds; the last draft stays when none passes. ``counts`` (one per job) adds up what
+    happened.
     ``on_step(i, n)`` is called before step i of n (for a progress display).
     """
+    counts = counts if counts is not None else [ActCounts() for _ in jobs]
     said: list[list[str]] = [[] for _ in jobs]
     n_steps = max(len(j.steps) for j in jobs)
     for i in range(n_steps):
         if on_step:
             on_step(i, n_steps)
         active = [k for k, job in enumerate(jobs) if i < len(job.steps)]
-        messages = [
-            turn_messages(jobs[k].steps[i], jobs[k], said[k], context, max_words) for k in active
-        ]
-        prefixes = [_opener(jobs[k].steps[i], jobs[k]) for k in active]
-        step_config = GenerationConfig(**{**config.__dict__, "seed": config.seed + i})
-        for k, text in zip(active, llm.chat_batch(messages, step_config, prefixes), strict=True):
-            said[k].append(clean_utterance(text, max_words))
+        texts: dict[int, str] = {}
+        todo = active
+        for attempt in range(act_retries + 1 if act_check else 1):
+            messages = [
+                turn_messages(jobs[k].steps[i], jobs[k], said[k], context, max_words) for k in todo
+            ]
+            prefixes = [_opener(jobs[k].steps[i], jobs[k]) for k in todo]
+            seed = config.seed + i + 1000 * attempt
+            step_config = GenerationConfig(**{**config.__dict__, "seed": seed})
+            for k, text in zip(todo, llm.chat_batch(messages, step_config, prefixes), strict=True):
+                texts[k] = clean_utterance(text, max_words)
+            if act_check is None:
+                break
+            acts = {k: intended_act(jobs[k].steps[i].goals) for k in todo}
+            judged = [k for k in todo if acts[k]]
+            ok = dict(
+                zip(
+                    judged,
+                    act_check([texts[k] for k in judged], [acts[k] for k in judged]),
+                    strict=True,
+                )
+            )
+            for k in judged:
+                if attempt == 0:
+                    counts[k].checked += 1
+                    counts[k].first_pass += ok[k]
+                if attempt < act_retries and not ok[k]:
+                    counts[k].rewrites += 1
+            todo = [k for k in judged if not ok[k]]
+            if not todo:
+                break
+        if act_check is not None:
+            for k in active:
+                counts[k].final_pass += bool(intended_act(jobs[k].steps[i].goals)) and k not in todo
+        for k in active:
+            said[k].append(texts[k])
     return said
 
 

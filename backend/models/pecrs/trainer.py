@@ -182,7 +182,7 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
             return
         items = all_item_vectors(net)
         scores = {"recall": dev_recall(net, built, dev_jobs, items, rerank=False)}
-        if cfg.rerank and step > 0:  # before any LoRA step the rerank scorer is untrained
+        if cfg.rerank and cfg.beta and step > 0:  # untrained before any step, or with beta=0
             scores["rerank"] = dev_recall(net, built, dev_jobs, items, rerank=True)
         mode = max(scores, key=lambda m: scores[m]["mean"])
         run.dev.append({"step": step, "mode": mode, **scores[mode], "by_mode": scores})

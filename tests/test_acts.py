@@ -1,0 +1,71 @@
+"""The act check: the real MiniLM classifier, its training labels, and the simulator's guard."""
+
+from __future__ import annotations
+
+from backend.acts import ACTS, get_act_check, intended_act, redial_examples, seed_examples
+from backend.simulator import Act, LLMSimulator
+from backend.types import Dialogue, Reply, ScoredItem, Turn
+from tests.conftest import ChatOnlyLLM, make_items
+
+HEAT = make_items()[0]
+
+
+def test_the_real_check_tells_the_acts_apart_and_flags_off_act_lines():
+    check = get_act_check()  # MiniLM + the head fitted on the seed, ReDial train, INSPIRED dev
+    lines = {
+        "Sounds great, I'll watch Heat tonight!": "accept",
+        "No thanks, I've already seen that one.": "reject",
+        "Can you recommend a funny movie from the eighties?": "request",
+        "Thanks for all your help, goodbye!": "end",
+    }
+    assert check.predict(list(lines)) == list(lines.values())
+    # Lines the 135M generator wrote for rejections and acceptances before the check existed.
+    off = ["That was really helpful!", "I hope you're doing well. A new cat was spotted."]
+    assert check.carries(off, ["reject", "accept"]) == [False, False]
+
+
+def test_labels_come_from_goals_and_from_the_redial_questionnaire():
+    assert intended_act(["reject_thanks", "reason_seen"]) == "reject"
+    assert intended_act(["accept_thanks"]) == "accept"
+    assert intended_act(["respond_simply", "ask_preference"]) is None
+    assert {e.act for e in seed_examples()} == set(ACTS)
+    dialogue = Dialogue(
+        id="d",
+        turns=[
+            Turn(role="user", text="Hi"),
+            Turn(role="system", text="Hello!"),
+            Turn(role="user", text="I'm looking for a crime movie"),
+            Turn(role="system", text="Have you seen Heat (1995)?", items=["1"]),
+            Turn(role="user", text="No, but I will watch it"),
+            Turn(role="system", text="Enjoy it"),
+            Turn(role="user", text="Thanks, bye"),
+        ],
+        meta={"initiatorQuestions": {"1": {"suggested": 1, "seen": 0, "liked": 1}}},
+    )
+    labelled = {(e.text, e.act) for e in redial_examples([dialogue])}
+    assert ("I'm looking for a crime movie", "request") in labelled  # not the bare "Hi"
+    assert ("No, but I will watch it", "accept") in labelled
+    assert ("Thanks, bye", "end") in labelled
+
+
+class Lines(ChatOnlyLLM):
+    name = "lines"
+
+    def __init__(self, *lines: str):
+        super().__init__()
+        self.lines = list(lines)
+
+    def chat_batch(self, conversations, config=None, prefixes=None):
+        return [self.lines.pop(0) if len(self.lines) > 1 else self.lines[0] for _ in conversations]
+
+
+def test_the_simulator_rewrites_a_line_that_misses_its_act():
+    shown = Reply(
+        text="Try these.",
+        items=[ScoredItem(item_id="2", score=1.0, title="Toy Story")],
+        recommends=True,
+    )
+    llm = Lines("I love this weather today.", "No, not those. I want a tense crime thriller.")
+    said = LLMSimulator(llm, act_check=get_act_check().carries).utter(HEAT, shown, 1)
+    assert said.act is Act.REJECT and said.act_rewrites == 1 and not said.fallback
+    assert said.text.startswith("No, not those")
