@@ -53,6 +53,28 @@ GOAL_ACTS: dict[str, str] = {
 }
 
 
+# A title with its year ("Heat (1995)") reads as "this movie": what is said about a film, not
+# which film, carries the act (ReDial's texts and the generator's openers are full of titles).
+_SMALL = r"(?:(?:of|the|a|an|and|in|on|to|for|at|with|from)\s+)*"
+_TITLE = re.compile(rf"(?:[A-Z0-9][\w'&:.-]*\s+{_SMALL}){{0,8}}[A-Z0-9][\w'&:.-]*\s*\(\d{{4}}\)")
+
+
+# A sentence ends after a lower-case word or a title's year, not inside an initialism ("G.I. Jane").
+SENTENCE_BREAK = re.compile(r"(?<=[a-z0-9)\]\"'])[.!?…]+[\"'”’)]*(?=\s|$)")
+OPPOSITE = {"accept": "reject", "reject": "accept"}
+
+
+def normalise(text: str) -> str:
+    return _TITLE.sub("this movie", text)
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` cut into sentences (the last may lack its full stop)."""
+    cuts = [0, *(m.end() for m in SENTENCE_BREAK.finditer(text))]
+    parts = [text[a:b].strip() for a, b in zip(cuts, [*cuts[1:], len(text)], strict=True)]
+    return [p for p in parts if p]
+
+
 def intended_act(goals: Iterable[str]) -> str | None:
     """The user act an utterance with these sub-goals must carry (None: no act to check)."""
     acts = {GOAL_ACTS[g] for g in goals if g in GOAL_ACTS}
@@ -177,7 +199,7 @@ class ActCheck:
 
         from backend.encoder import get_encoder
 
-        x = get_encoder().encode([e.text for e in examples], batch_size=128)
+        x = get_encoder().encode([normalise(e.text) for e in examples], batch_size=128)
         y = np.array([ACTS.index(e.act) for e in examples])
         weights = np.array([seed_weight if e.source == "seed" else 1.0 for e in examples])
         head = LogisticRegression(C=4.0, class_weight="balanced", max_iter=2000, random_state=0)
@@ -192,7 +214,7 @@ class ActCheck:
         """(texts, acts) probabilities, rows in the order of ``texts``."""
         from backend.encoder import get_encoder
 
-        logits = get_encoder().encode(list(texts)) @ self.coef.T + self.intercept
+        logits = get_encoder().encode([normalise(t) for t in texts]) @ self.coef.T + self.intercept
         logits -= logits.max(1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(1, keepdims=True)
@@ -201,15 +223,22 @@ class ActCheck:
         return [ACTS[i] for i in self.probabilities(texts).argmax(1)] if texts else []
 
     def carries(self, texts: Sequence[str], acts: Sequence[Acts]) -> list[bool]:
-        """Whether each text carries its act: the act's probability (summed over a tuple of
-        acts) reaches the threshold."""
+        """Whether each text carries its act, judged sentence by sentence as a reader would: some
+        sentence does the act (its probability, summed over a tuple of acts, reaches the
+        threshold) and none does the opposite (accepting in a rejection, or the reverse)."""
         if not texts:
             return []
-        p = self.probabilities(texts)
-        out = []
-        for n, act in enumerate(acts):
-            columns = [ACTS.index(a) for a in ((act,) if isinstance(act, str) else act)]
-            out.append(bool(p[n, columns].sum() >= self.threshold))
+        pieces = [[t, *sentences(t)[:4]] for t in texts]
+        p = self.probabilities([s for piece in pieces for s in piece])
+        out, row = [], 0
+        for piece, act in zip(pieces, acts, strict=True):
+            wanted = (act,) if isinstance(act, str) else act
+            block = p[row : row + len(piece)]
+            row += len(piece)
+            does = block[:, [ACTS.index(a) for a in wanted]].sum(1).max() >= self.threshold
+            against = {OPPOSITE[a] for a in wanted if a in OPPOSITE} - set(wanted)
+            contradicts = any(ACTS[i] in against for i in block[1:].argmax(1))
+            out.append(bool(does and not contradicts))
         return out
 
     def save(self, path: Path) -> None:

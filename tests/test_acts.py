@@ -13,7 +13,7 @@ HEAT = make_items()[0]
 def test_the_real_check_tells_the_acts_apart_and_flags_off_act_lines():
     check = get_act_check()  # MiniLM + the head fitted on the seed, ReDial train, INSPIRED dev
     lines = {
-        "Sounds great, I'll watch Heat tonight!": "accept",
+        "Sounds great, I'll watch Heat (1995) tonight!": "accept",
         "No thanks, I've already seen that one.": "reject",
         "Can you recommend a funny movie from the eighties?": "request",
         "Thanks for all your help, goodbye!": "end",
@@ -22,6 +22,9 @@ def test_the_real_check_tells_the_acts_apart_and_flags_off_act_lines():
     # Lines the 135M generator wrote for rejections and acceptances before the check existed.
     off = ["That was really helpful!", "I hope you're doing well. A new cat was spotted."]
     assert check.carries(off, ["reject", "accept"]) == [False, False]
+    # Judged sentence by sentence: a rejection that then accepts does not carry its act.
+    mixed = "No thanks, I didn't enjoy Tin Cup (1996). Great, I'll watch it tonight!"
+    assert check.carries([mixed, mixed.split(". ")[0] + "."], ["reject", "reject"]) == [False, True]
 
 
 def test_labels_come_from_goals_and_from_the_redial_questionnaire():

@@ -46,6 +46,7 @@ _IDENTITY = (
     "dialogues_per_user",
     "act_check",
     "act_retries",
+    "act_sentences",
 )
 
 
@@ -70,6 +71,7 @@ class GenerateConfig:
     # to act_retries times (backend.acts; issue 15). False: the paper's four filters only.
     act_check: bool = True
     act_retries: int = 3
+    act_sentences: int = 2  # such a turn is cut after this many sentences (0 = never)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -267,6 +269,7 @@ def generate(
                     on_step=lambda i, n: bar.set_postfix_str(f"utterance {i + 1}/{n}"),
                     act_check=act_check,
                     act_retries=config.act_retries,
+                    act_sentences=config.act_sentences,
                     counts=counts,
                 )
             else:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from backend.acts import ActChecker, intended_act
+from backend.acts import SENTENCE_BREAK, ActChecker, intended_act
 from backend.generate.goals import GOALS
 from backend.generate.templates import FilledStep
 from backend.llm import LLM, GenerationConfig, Messages
@@ -52,7 +52,7 @@ OPENERS = {
                               "Not for me: I found {title} disappointing."),
     "accept_reason": ("Sounds great, I'll watch {title} because", "Yes, I'll give {title} a try:"),
     "accept_no_reason": ("Sounds good, I'll watch {title}.", "Okay, I'll give {title} a try."),
-    "accept_thanks": ("Thanks, I'll watch {title}!", "Great, {title} it is. Thank you"),
+    "accept_thanks": ("Thanks, I'll watch {title}!", "Thank you, I'll give {title} a try."),
     "express_interest": ("{title} sounds interesting!", "Ooh, {title} sounds good."),
     "ask_rec": ("Can you recommend a movie", "Could you suggest a film", "I'm looking for a movie"),
 }  # fmt: skip
@@ -82,6 +82,12 @@ def clean_utterance(text: str, max_words: int) -> str:
         text = " ".join(words[:max_words])
     ends = [m.end() for m in _SENTENCE_END.finditer(text)]
     return text[: ends[-1]] if ends else text
+
+
+def first_sentences(text: str, n: int) -> str:
+    """``text`` up to the end of its ``n``-th sentence (all of it when shorter or ``n`` is 0)."""
+    ends = [m.end() for m in SENTENCE_BREAK.finditer(text)]
+    return text[: ends[n - 1]].strip() if n and len(ends) > n else text
 
 
 def _instruction(step: FilledStep, job: Job) -> str:
@@ -142,14 +148,16 @@ def write_by_turn(
     on_step: Callable[[int, int], None] | None = None,
     act_check: ActChecker | None = None,
     act_retries: int = 3,
+    act_sentences: int = 2,
     counts: Sequence[ActCounts] | None = None,
 ) -> list[list[str]]:
     """Utterances of every job, written step by step; each step is one batched LLM call.
 
     With ``act_check``, a user utterance whose goals call for an act (accept, reject, ask for a
     recommendation) and that does not carry it is written again, up to ``act_retries`` times
-    with new seeds; the last draft stays when none passes. ``counts`` (one per job) adds up what
-    happened.
+    with new seeds; the last draft stays when none passes. Such an utterance is cut after
+    ``act_sentences`` sentences first: the 135M model's later sentences drift from the act.
+    ``counts`` (one per job) adds up what happened.
     ``on_step(i, n)`` is called before step i of n (for a progress display).
     """
     counts = counts if counts is not None else [ActCounts() for _ in jobs]
@@ -168,11 +176,13 @@ def write_by_turn(
             prefixes = [_opener(jobs[k].steps[i], jobs[k]) for k in todo]
             seed = config.seed + i + 1000 * attempt
             step_config = GenerationConfig(**{**config.__dict__, "seed": seed})
+            acts = {k: intended_act(jobs[k].steps[i].goals) for k in todo}
             for k, text in zip(todo, llm.chat_batch(messages, step_config, prefixes), strict=True):
                 texts[k] = clean_utterance(text, max_words)
+                if act_check is not None and acts[k]:
+                    texts[k] = first_sentences(texts[k], act_sentences)
             if act_check is None:
                 break
-            acts = {k: intended_act(jobs[k].steps[i].goals) for k in todo}
             judged = [k for k in todo if acts[k]]
             ok = dict(
                 zip(
