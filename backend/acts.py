@@ -181,6 +181,20 @@ def training_examples() -> list[Example]:
     return examples
 
 
+def act_sample(dialogues: Sequence[Dialogue], n: int = 50, seed: int = 0) -> list[dict]:
+    """A seeded random draw of ``n`` generated utterances that must carry an act (from their
+    goals): what a person checks by hand to measure the generator's act consistency."""
+    import random
+
+    pool = [
+        {"dialogue": d.id, "turn": i, "act": act, "text": turn.text}
+        for d in dialogues
+        for i, (turn, goals) in enumerate(zip(d.turns, d.meta.get("goals", []), strict=False))
+        if (act := intended_act(goals))
+    ]
+    return random.Random(seed).sample(pool, min(n, len(pool)))
+
+
 # ----------------------------------------------------------------------------- the classifier
 
 
