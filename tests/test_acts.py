@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from backend.acts import ACTS, get_act_check, intended_act, redial_examples, seed_examples
+import json
+from pathlib import Path
+from statistics import mean
+
+from backend.acts import (
+    ACTS,
+    act_sample,
+    get_act_check,
+    intended_act,
+    redial_examples,
+    seed_examples,
+)
+from backend.data import load_dataset
 from backend.simulator import Act, LLMSimulator
 from backend.types import Dialogue, Reply, ScoredItem, Turn
 from tests.conftest import ChatOnlyLLM, make_items
@@ -72,3 +84,21 @@ def test_the_simulator_rewrites_a_line_that_misses_its_act():
     said = LLMSimulator(llm, act_check=get_act_check().carries).utter(HEAT, shown, 1)
     assert said.act is Act.REJECT and said.act_rewrites == 1 and not said.fallback
     assert said.text.startswith("No, not those")
+
+
+SAMPLE = Path(__file__).parent / "fixtures" / "acts" / "llm_redial_sample.jsonl"
+
+
+def test_the_embedded_set_carries_its_acts_by_hand_and_the_check_agrees():
+    """The committed sample is the seeded draw from the shipped llm-redial set (not picked by
+    hand), labelled by reading each utterance: does it do what its goals say?"""
+    rows = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
+    ds = load_dataset("llm-redial")
+    dialogues = sorted((d for split in ds.splits.values() for d in split), key=lambda d: d.id)
+    drawn = act_sample(dialogues, 50, seed=0)
+    assert [(r["dialogue"], r["turn"], r["text"]) for r in rows] == [
+        (d["dialogue"], d["turn"], d["text"]) for d in drawn
+    ]
+    assert mean(r["carries"] for r in rows) >= 0.9  # act consistency, checked by hand
+    judged = get_act_check().carries([r["text"] for r in rows], [r["act"] for r in rows])
+    assert mean(j == r["carries"] for j, r in zip(judged, rows, strict=True)) >= 0.8
