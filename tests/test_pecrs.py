@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from backend.catalog import Catalog
 from backend.cli import app
 from backend.data.base import Dataset
 from backend.eval.evaluate import evaluate
@@ -36,7 +37,7 @@ from backend.models.pecrs import (
 )
 from backend.registry import create_model
 from backend.types import Dialogue, Reply, Turn
-from tests.conftest import make_dataset
+from tests.conftest import make_dataset, make_items
 
 # grad_accum 1: the tests count one optimizer step per micro-batch of `batch_size`.
 TINY = {
@@ -433,3 +434,26 @@ def test_the_warm_start_fits_the_heads_and_rerank_is_kept_only_if_it_helps_on_de
     assert len(cached) >= 2  # the train and the dev contexts (other tests add theirs)
     train_pecrs(rec_dataset, cfg, tmp_path / "again")
     assert set((get_settings().cache / "pecrs").glob("rec-states-*.pt")) == cached
+
+
+def test_a_checkpoint_serves_another_catalog_with_that_catalogs_bias_and_statistics(
+    rec_dataset, tiny_llm_dir, tmp_path
+):
+    """Trained on ReDial, served on MovieLens: the heads read item texts, so they carry over."""
+    path = train_pecrs(rec_dataset, config(tiny_llm_dir, max_steps=1, batch_size=2), tmp_path / "c")
+    items = make_items()[:3]
+    other = Dataset(
+        name="other",
+        catalog=Catalog(items, name="other"),
+        splits={"test": [Dialogue(id="x", turns=[Turn(role="user", text="hi")])]},
+    )
+    same = create_model("pecrs", rec_dataset, {**TINY, "checkpoint": str(path)})
+    served = create_model("pecrs", other, {**TINY, "checkpoint": str(path), "generate": False})
+    heads = served.net.heads
+    assert heads.bias.shape == (len(items),)
+    assert torch.allclose(heads.items.mean, served.net.items.feature_stats()[0])
+    assert not torch.allclose(heads.items.mean, same.net.heads.items.mean)
+    for a, b in zip(heads.f.parameters(), same.net.heads.f.parameters(), strict=True):
+        assert torch.equal(a, b)  # f and h_item are the trained ones
+    reply = served.respond(other.splits["test"][0])
+    assert {s.item_id for s in reply.items} <= {i.id for i in items} and reply.items

@@ -484,6 +484,16 @@ def build(dataset: Dataset, cfg: PECRSConfig, checkpoint: Path | None = None) ->
         state = torch.load(checkpoint / "heads.pt", map_location=device)
         # Checkpoints from before item_bias have none: their recall is the plain cosine.
         state["heads"].setdefault("bias", torch.zeros(len(item_ids), device=device))
+        if state["heads"]["bias"].shape != heads.bias.shape:
+            # Trained on another catalog (ReDial's, served on MovieLens): the heads read item
+            # texts, so they carry over; the feature statistics are this catalog's own, and so
+            # is the per-item bias, rescaled to the trained one's spread (ratings outnumber
+            # mentions, which would let popularity drown the request).
+            fresh, trained = heads.bias.detach(), state["heads"]["bias"]
+            spread = trained.std() / fresh.std().clamp(min=1e-6)
+            state["heads"]["bias"] = (fresh - fresh.mean()) * spread + trained.mean()
+            state["heads"]["items.mean"] = heads.items.mean.detach().clone()
+            state["heads"]["items.std"] = heads.items.std.detach().clone()
         heads.load_state_dict(state["heads"])
         with torch.no_grad():
             net.special_rows.copy_(state["special"].to(device))
