@@ -100,11 +100,12 @@ def choose_act(target: Item, reply: Reply, system_turns: int, cfg: SimulatorConf
     return Act.DESCRIBE
 
 
-def attributes(target: Item, rng: random.Random) -> list[str]:
-    """What the user may say about the target: genres, decade, one person (order shuffled)."""
+def attributes(target: Item, rng: random.Random) -> str:
+    """What the user may say about the target, as one noun phrase: its genres (or "movie"), then
+    its decade and one person in shuffled order ("a crime and thriller movie with Al Pacino from
+    the 1990s"); empty when the item has none of them."""
+    head = " and ".join(g.lower() for g in target.genres[:2]) + " movie" if target.genres else ""
     said = []
-    if target.genres:
-        said.append(" and ".join(g.lower() for g in target.genres[:2]) + " movie")
     if target.year:
         said.append(f"from the {target.year // 10 * 10}s")
     people = [(role, name) for role, names in target.people.items() for name in names[:1]]
@@ -112,37 +113,38 @@ def attributes(target: Item, rng: random.Random) -> list[str]:
         role, name = rng.choice(people)
         said.append(f"with {name}" if role != "director" else f"directed by {name}")
     rng.shuffle(said)
-    return said
+    phrase = " ".join([head or ("movie" if said else ""), *said]).strip()
+    return f"{'an' if phrase[:1] in 'aeiou' else 'a'} {phrase}" if phrase else ""
 
 
 def template(act: Act, target: Item, rng: random.Random) -> str:
     """The act written from a template: the fallback, and the simulator without an LLM."""
-    wants = ", ".join(attributes(target, rng)) or "good movie"
+    wants = attributes(target, rng) or "a good movie"
     if leaks(wants, target):  # a title made of the very words (a film called "Drama")
-        wants = "good movie"
+        wants = "a good movie"
     return {
-        Act.DESCRIBE: f"I'm looking for a {wants}.",
-        Act.ANSWER: f"I'd like a {wants}.",
-        Act.REJECT: f"Not those, thanks. I want a {wants}.",
+        Act.DESCRIBE: f"I'm looking for {wants}.",
+        Act.ANSWER: f"I'd like {wants}.",
+        Act.REJECT: f"Not those, thanks. I want {wants}.",
         Act.ACCEPT: "Yes, that one is exactly what I was looking for. Thanks!",
         Act.QUIT: "I don't think I'll find it here. Thanks anyway.",
     }[act]
 
 
 def _instruction(act: Act, target: Item, reply: Reply | None, rng: random.Random) -> str:
-    wants = ", ".join(attributes(target, rng)) or "good movie"
+    wants = attributes(target, rng) or "a good movie"
     if act is Act.ANSWER and reply is not None:
         return (
             f'The assistant asked: "{reply.text.strip()}". Answer in one short sentence that you '
-            f"want a {wants}. Do not name any movie title."
+            f"want {wants}. Do not name any movie title."
         )
     if act is Act.REJECT and reply is not None:
         shown = ", ".join(s.title or s.item_id for s in reply.items[:3])
         return (
             f"The assistant suggested {shown}. In one short sentence, say no to them and say "
-            f"that you want a {wants} instead. Do not name any other movie title."
+            f"that you want {wants} instead. Do not name any other movie title."
         )
-    return f"In one short sentence, ask for a {wants}. Do not name any movie title."
+    return f"In one short sentence, ask for {wants}. Do not name any movie title."
 
 
 # ----------------------------------------------------------------------------- simulators

@@ -127,3 +127,20 @@ def test_crs_simulate_reports_success_and_turns_and_resumes(monkeypatch, tmp_pat
     assert len(episodes) == 4 and all(e["turns"][0]["act"] == "describe" for e in episodes)
     again = CliRunner().invoke(app, args)  # everything is in the transcripts: nothing reruns
     assert again.exit_code == 0 and json.loads(out.read_text()) == [figures]
+
+
+def test_template_lines_read_as_one_noun_phrase_genres_first():
+    import random
+
+    from backend.simulator import template
+
+    rng = random.Random(0)
+    for _ in range(5):  # the decade and the person come in either order, never before the genre
+        line = template(Act.DESCRIBE, HEAT, rng)
+        assert line.startswith("I'm looking for a crime and thriller movie ") and "1990s" in line
+    toon = Item(id="7", title="Paprika", year=2006, genres=("Animation",))
+    assert (
+        template(Act.REJECT, toon, rng)
+        == "Not those, thanks. I want an animation movie from the 2000s."
+    )
+    assert template(Act.ANSWER, Item(id="8", title="Untitled"), rng) == "I'd like a good movie."
