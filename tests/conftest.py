@@ -159,3 +159,17 @@ class ChatOnlyLLM(LLM):
 
     def count_tokens(self, text):
         return len(text.split())
+
+
+class Lines(ChatOnlyLLM):
+    """An LLM that says its given lines in order, then repeats the last; keeps the prompts."""
+
+    name = "lines"
+
+    def __init__(self, *lines: str):
+        super().__init__()
+        self.lines, self.prompts = list(lines), []
+
+    def chat_batch(self, conversations, config=None, prefixes=None):
+        self.prompts += [c[-1]["content"] for c in conversations]
+        return [self.lines.pop(0) if len(self.lines) > 1 else self.lines[0] for _ in conversations]

@@ -17,7 +17,7 @@ from backend.acts import (
 from backend.data import load_dataset
 from backend.simulator import Act, LLMSimulator
 from backend.types import Dialogue, Reply, ScoredItem, Turn
-from tests.conftest import ChatOnlyLLM, make_items
+from tests.conftest import Lines, make_items
 
 HEAT = make_items()[0]
 
@@ -61,17 +61,6 @@ def test_labels_come_from_goals_and_from_the_redial_questionnaire():
     assert ("I'm looking for a crime movie", "request") in labelled  # not the bare "Hi"
     assert ("No, but I will watch it", "accept") in labelled
     assert ("Thanks, bye", "end") in labelled
-
-
-class Lines(ChatOnlyLLM):
-    name = "lines"
-
-    def __init__(self, *lines: str):
-        super().__init__()
-        self.lines = list(lines)
-
-    def chat_batch(self, conversations, config=None, prefixes=None):
-        return [self.lines.pop(0) if len(self.lines) > 1 else self.lines[0] for _ in conversations]
 
 
 def test_the_simulator_rewrites_a_line_that_misses_its_act():

@@ -14,23 +14,9 @@ from backend.simulator import (
     run_episode,
 )
 from backend.types import Dialogue, Item, Reply, ScoredItem, UserHistory
-from tests.conftest import ChatOnlyLLM, make_dataset, make_items
+from tests.conftest import Lines, make_dataset, make_items
 
 HEAT = make_items()[0]  # Heat (1995): Crime, Thriller; Michael Mann; Al Pacino
-
-
-class Lines(ChatOnlyLLM):
-    """An LLM that says its given lines in order, then repeats the last."""
-
-    name = "lines"
-
-    def __init__(self, *lines: str):
-        super().__init__()
-        self.lines, self.prompts = list(lines), []
-
-    def chat_batch(self, conversations, config=None, prefixes=None):
-        self.prompts += [c[-1]["content"] for c in conversations]
-        return [self.lines.pop(0) if len(self.lines) > 1 else self.lines[0] for _ in conversations]
 
 
 def test_the_leak_guard_catches_the_title_and_near_copies_only():
