@@ -242,7 +242,7 @@ def generate(
     todo = [p for p in plans if p.index not in done]
     kept = sum(r["status"] == "kept" for i, r in done.items() if i < config.n)
     act_check = None
-    if config.act_check and config.mode == "turn":
+    if config.act_check and config.mode == "turn" and todo:  # a finished run needs no fitting
         from backend.acts import get_act_check
 
         act_check = get_act_check().carries
