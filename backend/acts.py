@@ -207,8 +207,11 @@ class ActCheck:
     threshold: float = 0.4  # an utterance carries an act when its probability reaches this
 
     @classmethod
-    def fit(cls, examples: Sequence[Example], seed_weight: float = 10.0) -> ActCheck:
-        """Fit on ``examples``; hand-written seed examples weigh ``seed_weight`` times more."""
+    def fit(
+        cls, examples: Sequence[Example], seed_weight: float = 10.0, c: float = 4.0
+    ) -> ActCheck:
+        """Fit on ``examples``; hand-written seed examples weigh ``seed_weight`` times more; ``c``
+        is the inverse regularisation strength."""
         from sklearn.linear_model import LogisticRegression
 
         from backend.encoder import get_encoder
@@ -216,7 +219,7 @@ class ActCheck:
         x = get_encoder().encode([normalise(e.text) for e in examples], batch_size=128)
         y = np.array([ACTS.index(e.act) for e in examples])
         weights = np.array([seed_weight if e.source == "seed" else 1.0 for e in examples])
-        head = LogisticRegression(C=4.0, class_weight="balanced", max_iter=2000, random_state=0)
+        head = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=0)
         head.fit(x, y, sample_weight=weights)
         coef = np.zeros((len(ACTS), x.shape[1]), dtype=np.float32)
         intercept = np.full(len(ACTS), -1e4, dtype=np.float32)  # an act with no example: never
@@ -226,12 +229,12 @@ class ActCheck:
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """(texts, acts) probabilities, rows in the order of ``texts``."""
+        from scipy.special import softmax
+
         from backend.encoder import get_encoder
 
         logits = get_encoder().encode([normalise(t) for t in texts]) @ self.coef.T + self.intercept
-        logits -= logits.max(1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(1, keepdims=True)
+        return softmax(logits, axis=1)
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         return [ACTS[i] for i in self.probabilities(texts).argmax(1)] if texts else []
@@ -269,13 +272,15 @@ class ActCheck:
 def get_act_check() -> ActCheck:
     """The shared act check: fitted once (about a minute on CPU), then read from the cache."""
     examples = training_examples()
-    key = hashlib.sha256(
-        json.dumps([(e.text, e.act, e.source) for e in examples]).encode()
-    ).hexdigest()[:16]
+    fit = {"seed_weight": 10.0, "c": 4.0}
+    # Keyed by what the head sees (normalised texts) and how it is fitted, so a change to either
+    # never reads a stale head.
+    seen = [(normalise(e.text), e.act, e.source) for e in examples]
+    key = hashlib.sha256(json.dumps([seen, fit]).encode()).hexdigest()[:16]
     path = get_settings().cache / "acts" / f"act-check-{key}.npz"
     if path.is_file():
         return ActCheck.load(path)
     log.info("act check: fitting on %d utterances", len(examples))
-    check = ActCheck.fit(examples)
+    check = ActCheck.fit(examples, **fit)
     check.save(path)
     return check
