@@ -175,13 +175,10 @@ def fill_items(text: str, titles: Sequence[str]) -> str:
     return " ".join(text.replace(ITEM, "").split())
 
 
-def all_item_vectors(net: PECRSNet, chunk: int = 512) -> torch.Tensor:
+def all_item_vectors(net: PECRSNet) -> torch.Tensor:
     """Eq. 1 for every item, computed once per inference (or dev evaluation)."""
-    n = len(net.items.lengths)
     with torch.inference_mode():
-        return torch.cat(
-            [net.item_vectors(torch.arange(s, min(s + chunk, n))) for s in range(0, n, chunk)]
-        )
+        return net.heads.items.h_item(net.pooled_items())
 
 
 # ----------------------------------------------------------------------------- the model
