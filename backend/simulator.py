@@ -251,7 +251,14 @@ def run_episode(
         # The model sees the turns so far and nothing of the simulator's state.
         reply = model.respond(dialogue.prefix(len(dialogue.turns)), history)
         shown = reply.item_ids[: config.items_per_turn]
-        episode.turns.append({"role": "system", "text": reply.text, "items": shown})
+        episode.turns.append(
+            {
+                "role": "system",
+                "text": reply.text,
+                "items": shown,
+                "tokens": reply.prompt_tokens + reply.completion_tokens,
+            }
+        )
         dialogue.turns.append(Turn(role="system", text=reply.text, items=shown))
         said = simulator.utter(target, reply, system_turn)
         if said.act in (Act.ACCEPT, Act.QUIT):

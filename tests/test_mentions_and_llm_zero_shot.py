@@ -55,6 +55,10 @@ def test_llm_zero_shot_chooses_among_catalog_items_and_names_its_choice(tiny_dat
     assert reply.text.startswith(f"I'd suggest {reply.items[0].title}.")
     assert "Recommend me a crime movie" not in reply.text  # never echoes the user
     assert [s.name for s in reply.trace] == ["retrieve", "LLM choice", "write"]
+    # Its tokens count the titles it scored as well as its sentence (LatentCRS Table 6's cost).
+    scored = len(reply.trace[1].output)
+    assert reply.prompt_tokens > scored * model.llm.count_tokens(reply.trace[1].input)
+    assert reply.completion_tokens > 0
     crime = [i for i in reply.items if "Crime" in tiny_dataset.catalog[i.item_id].genres]
     assert crime and all("crime, as you asked" in i.why.lower() for i in crime)  # the cards' why
 

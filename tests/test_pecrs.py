@@ -225,6 +225,8 @@ def test_training_saves_a_checkpoint_that_scores_identically(rec_dataset, tiny_l
     assert [s.item_id for s in reply.items] == [model.built.item_ids[r] for r, _ in one[0]]
     assert reply.items[0].title and reply.trace[0].name == "recall + rerank"
     assert "[REC]" not in reply.text and "[SEP]" not in reply.text
+    # The LM's cost: it read the context (and any item slot) and wrote the response.
+    assert reply.prompt_tokens >= len(contexts[0]) and reply.completion_tokens > 0
 
 
 def test_evaluation_reports_perplexity(rec_dataset, tiny_llm_dir, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from backend.eval.simulate import summary
 from backend.registry import CRSModel
 from backend.simulator import (
     Act,
@@ -56,6 +57,8 @@ class Shows(CRSModel):
             text="How about these?",
             items=[ScoredItem(item_id=i, score=1.0, title=self.catalog[i].title) for i in ids],
             recommends=True,
+            prompt_tokens=10 * turn,  # an LLM re-reading a growing context
+            completion_tokens=2,
         )
 
 
@@ -73,6 +76,9 @@ def test_an_episode_ends_when_the_target_is_shown_and_no_model_call_sees_it():
     never = run_episode(Shows(dataset, HEAT.id, at=0), TemplateSimulator(cfg), HEAT, cfg)
     assert never.success_turn is None and never.system_turns == 5
     assert never.turns[-1]["act"] == Act.QUIT
+    # The tokens each model spent: (10 + 20 + 30) + 3 * 2 and (10 + ... + 50) + 5 * 2.
+    figures = summary([episode, never], cfg)
+    assert figures["tokens_per_episode"] == (66 + 160) / 2 and figures["AT"] == 4
 
 
 def test_the_local_smollm2_simulator_writes_a_line_without_the_title():

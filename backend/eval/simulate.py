@@ -5,7 +5,7 @@ models see the rest of the history (for the models that read one) and the conver
 the target. An episode per (model, user) is appended to a transcript file (a `Journal`, kept) as it ends, so a stopped
 run continues with the same command. Reported per model, as LatentCRS Table 4 and iEvaLM do:
 S@k (the target shown within k system turns), AT (average system turns, a failure counting the
-maximum), and the simulator's rewrites and template fallbacks (its leak guard and act check
+maximum), the LLM tokens the model spent, and the simulator's rewrites and template fallbacks (its leak guard and act check
 at work).
 
 Simulated battles: the same simulated user (same target, same seed) talks to two models, and
@@ -67,6 +67,10 @@ def summary(episodes: list[Episode], config: SimulatorConfig) -> dict[str, float
     out["rewrites_per_episode"] = sum(e.rewrites for e in episodes) / n
     out["act_rewrites_per_episode"] = sum(e.act_rewrites for e in episodes) / n
     out["fallbacks_per_episode"] = sum(e.fallbacks for e in episodes) / n
+    # LLM tokens the model spent (read and written) per episode, as LatentCRS Table 6 counts them.
+    out["tokens_per_episode"] = (
+        sum(int(t.get("tokens", 0)) for e in episodes for t in e.turns if t["role"] == "system") / n
+    )
     out["reply_words"] = sum(
         len(str(t["text"]).split()) for e in episodes for t in e.turns if t["role"] == "system"
     ) / max(1, sum(e.system_turns for e in episodes))

@@ -204,23 +204,30 @@ class LLMZeroShot(CRSModel):
         )
         return ranked, step
 
-    def title_logprob(self, prompt: str, title: str) -> tuple[float, int]:
+    def title_logprob(self, prompt: str, title: str) -> tuple[float, int, int]:
+        """The title's log-probability after ``prompt``, its tokens, and the tokens read."""
         tokens = self.llm.token_logprobs(prompt, " " + title)
-        return float(sum(t.logprob for t in tokens)), max(len(tokens), 1)
+        read = self.llm.last_usage.prompt_tokens
+        return float(sum(t.logprob for t in tokens)), max(len(tokens), 1), read
 
     def choose(
         self, dialogue: Dialogue, candidates: list[ScoredItem]
-    ) -> tuple[list[ScoredItem], TraceStep]:
-        """The LLM scores the first candidates; its z-scored choice is fused with retrieval's."""
+    ) -> tuple[list[ScoredItem], TraceStep, int]:
+        """The LLM scores the first candidates; its z-scored choice is fused with retrieval's.
+        Also returns the tokens the LLM read to score them."""
         start = time.perf_counter()
         head = candidates[: self.config.scored]
         request = dialogue.turns[-1].text[-400:].replace('"', "'")
         prompt = CHOICE_PROMPT.format(request=request)
         pmi = []
+        read = 0
         for s in head:
-            logprob, n = self.title_logprob(prompt, s.title)
+            logprob, n, tokens = self.title_logprob(prompt, s.title)
+            read += tokens
             if s.item_id not in self._prior:
-                self._prior[s.item_id] = self.title_logprob(NEUTRAL_PROMPT, s.title)[0]
+                prior, _, tokens = self.title_logprob(NEUTRAL_PROMPT, s.title)
+                self._prior[s.item_id] = prior
+                read += tokens
             pmi.append((logprob - self._prior[s.item_id]) / n)
 
         def z(values: list[float]) -> np.ndarray:
@@ -241,7 +248,7 @@ class LLMZeroShot(CRSModel):
             output=[(head[i].title, round(pmi[i], 3), round(float(fused[i]), 3)) for i in order],
             seconds=time.perf_counter() - start,
         )
-        return chosen, step
+        return chosen, step, read
 
     def write(self, dialogue: Dialogue, item: Item) -> tuple[str, TraceStep]:
         """One sentence about ``item`` by the LLM, checked; the genres say it when it fails."""
@@ -275,7 +282,7 @@ class LLMZeroShot(CRSModel):
         if not self.has_preference(dialogue):
             yield from self.elicit(dialogue, candidates, retrieve)
             return
-        chosen, choice = self.choose(dialogue, candidates)
+        chosen, choice, read = self.choose(dialogue, candidates)
         chosen = with_reasons(chosen[: self.config.top_k], dialogue, self.catalog)
         first = self.catalog[chosen[0].item_id]
         opening = f"I'd suggest {first.display_title}. "
@@ -293,7 +300,7 @@ class LLMZeroShot(CRSModel):
             trace=[retrieve, choice, write],
             model=self.name,
             completion_tokens=self.llm.last_usage.completion_tokens,
-            prompt_tokens=self.llm.last_usage.prompt_tokens,
+            prompt_tokens=self.llm.last_usage.prompt_tokens + read,
         )
 
     def has_preference(self, dialogue: Dialogue) -> bool:

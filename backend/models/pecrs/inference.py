@@ -141,8 +141,9 @@ def decoding_kwargs(cfg: PECRSConfig) -> dict[str, Any]:
     return {"do_sample": True, "top_k": 0, "top_p": cfg.sample_top_p}
 
 
-def generate_responses(net: PECRSNet, prompts: Sequence[list[int]]) -> list[str]:
-    """Decode a response after each prompt (left-padded embeddings); special tokens kept."""
+def generate_responses(net: PECRSNet, prompts: Sequence[list[int]]) -> list[tuple[str, int]]:
+    """Decode a response after each prompt (left-padded embeddings), special tokens kept, with
+    the number of tokens it took."""
     cfg = net.cfg
     tokenizer = net.tokenizer
     width = max(len(p) for p in prompts)
@@ -162,7 +163,7 @@ def generate_responses(net: PECRSNet, prompts: Sequence[list[int]]) -> list[str]
     for row in out.tolist():
         if tokenizer.eos_token_id in row:
             row = row[: row.index(tokenizer.eos_token_id)]
-        texts.append(tokenizer.decode(row, skip_special_tokens=False))
+        texts.append((tokenizer.decode(row, skip_special_tokens=False), len(row)))
     return texts
 
 
@@ -251,16 +252,18 @@ class PECRS(CRSModel):
         ranked, decision = rank_items(self.net, contexts, exclude, self.all_items)
         wants = decision.wants(self.config.rec_threshold)
         ranked_at = time.perf_counter()
-        texts: list[str] = [""] * len(dialogues)
         net = self.net
-        if self.config.generate:
-            prompts = [
-                c + ([net.special[REC], slot(r[0][0]), net.special[REC_END]] if w and r else [])
-                for c, r, w in zip(contexts, ranked, wants, strict=True)
-            ]
-            texts = generate_responses(net, prompts)
+        prompts = [
+            c + ([net.special[REC], slot(r[0][0]), net.special[REC_END]] if w and r else [])
+            for c, r, w in zip(contexts, ranked, wants, strict=True)
+        ]
+        texts = (
+            generate_responses(net, prompts) if self.config.generate else [("", 0)] * len(prompts)
+        )
         replies = []
-        for ranking, want, p, raw in zip(ranked, wants, decision.p.tolist(), texts, strict=True):
+        for ranking, want, p, (raw, generated), context, prompt in zip(
+            ranked, wants, decision.p.tolist(), texts, contexts, prompts, strict=True
+        ):
             items = [
                 ScoredItem(
                     item_id=self.built.item_ids[row],
@@ -293,7 +296,16 @@ class PECRS(CRSModel):
             if self.config.generate:
                 trace.append(TraceStep(name="generate", input=self.config.decoding, output=raw))
             replies.append(
-                Reply(text=text, items=items, recommends=recommends, trace=trace, model=self.name)
+                Reply(
+                    text=text,
+                    items=items,
+                    recommends=recommends,
+                    trace=trace,
+                    model=self.name,
+                    # The LM reads the context (and the item slot) and writes the response.
+                    prompt_tokens=len(prompt if self.config.generate else context),
+                    completion_tokens=generated,
+                )
             )
         return replies
 
