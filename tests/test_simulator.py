@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backend.eval.simulate import summary
+from backend.eval.simulate import leak_rate, summary
 from backend.registry import CRSModel
 from backend.simulator import (
     Act,
+    Episode,
     LLMSimulator,
     SimulatorConfig,
     TemplateSimulator,
@@ -79,6 +80,11 @@ def test_an_episode_ends_when_the_target_is_shown_and_no_model_call_sees_it():
     # The tokens each model spent: (10 + 20 + 30) + 3 * 2 and (10 + ... + 50) + 5 * 2.
     figures = summary([episode, never], cfg)
     assert figures["tokens_per_episode"] == (66 + 160) / 2 and figures["AT"] == 4
+    assert leak_rate([episode, never], dataset, cfg) == 0  # templates never name the target
+    slipped = Episode(
+        target=HEAT.id, turns=[{"role": "user", "text": "Heat, please."}, *never.turns]
+    )
+    assert leak_rate([slipped], dataset, cfg) == 1 / 7  # the one line of seven that names it
 
 
 def test_the_local_smollm2_simulator_writes_a_line_without_the_title():
@@ -113,7 +119,7 @@ def test_crs_simulate_reports_success_and_turns_and_resumes(monkeypatch, tmp_pat
     assert result.exit_code == 0, result.output
     [figures] = json.loads(out.read_text())
     assert figures["episodes"] == 4 and 0 <= figures["S@1"] <= figures["S@3"] <= figures["S@5"] <= 1
-    assert 1 <= figures["AT"] <= 5
+    assert 1 <= figures["AT"] <= 5 and figures["leak_rate"] == 0
     transcripts = Path(figures["transcripts"])
     episodes = [json.loads(line) for line in transcripts.read_text().splitlines()[1:]]
     assert len(episodes) == 4 and all(e["turns"][0]["act"] == "describe" for e in episodes)

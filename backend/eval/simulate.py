@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from backend.data.base import Dataset
 from backend.journal import Journal
 from backend.registry import CRSModel
-from backend.simulator import Episode, SimulatorConfig, UserSimulator, run_episode
+from backend.simulator import Episode, SimulatorConfig, UserSimulator, leaks, run_episode
 from backend.types import Dialogue, Item, Turn, UserHistory
 from db.arena import VOTES, record_vote
 
@@ -105,7 +105,25 @@ def simulate(
         journal.append([asdict(episode)])
         bar.update(1)
     bar.close()
-    return {"model": model.name, "dataset": dataset.name, **summary(done, config)}
+    return {
+        "model": model.name,
+        "dataset": dataset.name,
+        **summary(done, config),
+        "leak_rate": leak_rate(done, dataset, config),
+    }
+
+
+def leak_rate(episodes: list[Episode], dataset: Dataset, config: SimulatorConfig) -> float:
+    """Share of the user lines in the transcripts that name their target (after the guard)."""
+    lines = [
+        (t["text"], dataset.catalog[e.target])
+        for e in episodes
+        for t in e.turns
+        if t["role"] == "user"
+    ]
+    return sum(leaks(str(text), target, config.near_copy) for text, target in lines) / max(
+        1, len(lines)
+    )
 
 
 def battle_vote(a: Episode, b: Episode) -> str:
