@@ -344,7 +344,14 @@ def simulate_cmd(
     ] = False,
     db_url: DbOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the figures (JSON) here.")] = None,
-    set_: SetOpt = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Model config override KEY=VALUE for every model, or MODEL.KEY=VALUE for one "
+            "(repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Let a simulated user talk to each MODEL: success within 1/3/5 turns (S@k) and average turns
     (AT). Transcripts go to CRS_HOME/runs/simulate; a stopped run continues with the same command."""
@@ -369,7 +376,18 @@ def simulate_cmd(
         return TemplateSimulator(config)
 
     names = [m.strip() for m in models.split(",") if m.strip()]
-    crs = {name: model_or_fail(name, ds, parse_overrides(set_)) for name in names}
+    overrides = parse_overrides(set_)
+    shared = {k: v for k, v in overrides.items() if "." not in k}
+    unknown = {k.split(".", 1)[0] for k in overrides if "." in k} - set(names)
+    if unknown:
+        fail(f"--set names a model that is not simulated: {', '.join(sorted(unknown))}")
+
+    def settings_of(name: str) -> dict:
+        """The shared overrides and those scoped to ``name`` (MODEL.KEY=VALUE)."""
+        scoped = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith(f"{name}.")}
+        return {**shared, **scoped}
+
+    crs = {name: model_or_fail(name, ds, settings_of(name)) for name in names}
     results: list[dict] = []
     kind = simulator if simulator == "template" or act_check else f"{simulator}-no-act-check"
     for name, model in crs.items():

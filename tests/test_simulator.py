@@ -126,6 +126,18 @@ def test_crs_simulate_reports_success_and_turns_and_resumes(monkeypatch, tmp_pat
     again = CliRunner().invoke(app, args)  # everything is in the transcripts: nothing reruns
     assert again.exit_code == 0 and json.loads(out.read_text()) == [figures]
 
+    # MODEL.KEY=VALUE reaches that model only; a model not simulated is a clear error.
+    scoped = ["simulate", "popularity,retrieval", "--n", "1", "--simulator", "template"]
+    result = CliRunner().invoke(app, [*scoped, "--set", "popularity.top_k=7", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    configs = [
+        json.loads(Path(f["transcripts"]).read_text().splitlines()[0])["settings"]["config"]
+        for f in json.loads(out.read_text())
+    ]
+    assert configs[0]["top_k"] == 7 and configs[1]["top_k"] != 7
+    wrong = CliRunner().invoke(app, [*scoped, "--set", "pecrs.generate=false"])
+    assert wrong.exit_code == 2 and "pecrs" in wrong.output
+
 
 def test_template_lines_read_as_one_noun_phrase_genres_first():
     import random
