@@ -28,6 +28,7 @@ from backend.models.pecrs import (
     build_batch,
     pecrs_losses,
     rank_items,
+    rec_states,
     sample_negatives,
     slot,
     train_pecrs,
@@ -128,6 +129,16 @@ def test_candidate_scores_do_not_depend_on_the_other_candidates(rec_dataset, tin
         a = net.rerank_scores(net.hidden(first), first)[0]
         b = net.rerank_scores(net.hidden(second), second)[0]
     assert torch.allclose(a[2], b[1], atol=1e-5)
+
+
+def test_rec_states_do_not_depend_on_the_padding_of_their_chunk(rec_dataset, tiny_llm_dir):
+    """Contexts of different lengths give the same query and decision alone or chunked together."""
+    net = build(rec_dataset, config(tiny_llm_dir)).net.eval()
+    contexts = [[100, 200, 300, 400, 500, 600], [100], [700, 800, 900]]
+    alone, decided = rec_states(net, contexts, chunk=1)
+    together, decided_together = rec_states(net, contexts, chunk=3)
+    assert torch.allclose(alone, together, atol=1e-4)
+    assert torch.allclose(decided.p, decided_together.p, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- negatives

@@ -25,6 +25,7 @@ from backend.models.pecrs.inference import (
     all_item_vectors,
     choose_rec_threshold,
     rank_items,
+    rec_states,
 )
 from backend.models.pecrs.inputs import Inputs, Sample, epoch_order, slot
 from backend.models.pecrs.model import (
@@ -60,6 +61,7 @@ __all__ = [
     "epoch_order",
     "pecrs_losses",
     "rank_items",
+    "rec_states",
     "sample_negatives",
     "slot",
     "train_pecrs",

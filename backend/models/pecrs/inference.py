@@ -75,24 +75,36 @@ def choose_rec_threshold(p: Sequence[float], gold: Sequence[bool]) -> tuple[floa
     return best
 
 
-def rec_states(net: PECRSNet, contexts: Sequence[list[int]]) -> tuple[torch.Tensor, RecDecision]:
+def rec_states(
+    net: PECRSNet, contexts: Sequence[list[int]], chunk: int = 8
+) -> tuple[torch.Tensor, RecDecision]:
     """The LM's state at a [REC] appended to each context (the recall query, Eq. 3), and the
-    recommend decision from the state before it: p([REC] next)."""
+    recommend decision from the state before it: p([REC] next). Contexts go through the LM in
+    chunks of similar length, so short ones are not padded to the longest of the batch."""
     rec = net.special[REC]
+    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+    states: list[torch.Tensor] = [torch.empty(0)] * len(contexts)
+    logits: list[torch.Tensor] = [torch.empty(0)] * len(contexts)
     with torch.inference_mode():
-        batch = build_batch(
-            [c + [rec] for c in contexts],
-            [len(c) for c in contexts],
-            [[] for _ in contexts],
-            [None] * len(contexts),
-            [len(c) for c in contexts],
-            net.device,
-        )
-        hidden = net.hidden(batch)
-        idx = torch.arange(len(contexts), device=net.device)
-        next_logits = net.lm.get_output_embeddings()(hidden[idx, batch.rec_at - 1]).float()
+        for start in range(0, len(order), chunk):
+            rows = order[start : start + chunk]
+            part = [contexts[r] for r in rows]
+            batch = build_batch(
+                [c + [rec] for c in part],
+                [len(c) for c in part],
+                [[] for _ in part],
+                [None] * len(part),
+                [len(c) for c in part],
+                net.device,
+            )
+            hidden = net.hidden(batch)
+            idx = torch.arange(len(part), device=net.device)
+            before = net.lm.get_output_embeddings()(hidden[idx, batch.rec_at - 1]).float()
+            for j, r in enumerate(rows):
+                states[r], logits[r] = hidden[j, batch.rec_at[j]], before[j]
+    next_logits = torch.stack(logits)
     decision = RecDecision(next_logits.softmax(-1)[:, rec], next_logits.argmax(-1) == rec)
-    return hidden[idx, batch.rec_at], decision
+    return torch.stack(states), decision
 
 
 def rank_items(
