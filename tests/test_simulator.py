@@ -80,6 +80,8 @@ def test_an_episode_ends_when_the_target_is_shown_and_no_model_call_sees_it():
     # The tokens each model spent: (10 + 20 + 30) + 3 * 2 and (10 + ... + 50) + 5 * 2.
     figures = summary([episode, never], cfg)
     assert figures["tokens_per_episode"] == (66 + 160) / 2 and figures["AT"] == 4
+    # Both conversations reach turn 3, where one finds the target; only the other goes on.
+    assert [figures[f"recall@5_turn{t}"] for t in range(1, 6)] == [0, 0, 0.5, 0, 0]
     assert leak_rate([episode, never], dataset, cfg) == 0  # templates never name the target
     slipped = Episode(
         target=HEAT.id, turns=[{"role": "user", "text": "Heat, please."}, *never.turns]

@@ -54,7 +54,8 @@ def targets(dataset: Dataset, n: int, seed: int) -> list[tuple[UserHistory, Item
 
 
 def summary(episodes: list[Episode], config: SimulatorConfig) -> dict[str, float]:
-    """S@k for k in 1/3/5 (those within max_turns), AT, and the leak guard's counts."""
+    """S@k for k in 1/3/5 (those within max_turns), AT, recall at each turn, the tokens spent,
+    and the leak guard's and act check's counts."""
     n = len(episodes)
     if not n:
         return {"episodes": 0}
@@ -64,6 +65,14 @@ def summary(episodes: list[Episode], config: SimulatorConfig) -> dict[str, float
             sum(e.success_turn is not None and e.success_turn <= k for e in episodes) / n
         )
     out["AT"] = sum(e.success_turn or config.max_turns for e in episodes) / n
+    # Recall at each turn: of the conversations still going at turn t, the share whose t-th reply
+    # shows the target among its first items_per_turn items.
+    for t in range(1, config.max_turns + 1):
+        going = [e for e in episodes if e.system_turns >= t]
+        if going:
+            out[f"recall@{config.items_per_turn}_turn{t}"] = sum(
+                e.success_turn == t for e in going
+            ) / len(going)
     out["rewrites_per_episode"] = sum(e.rewrites for e in episodes) / n
     out["act_rewrites_per_episode"] = sum(e.act_rewrites for e in episodes) / n
     out["fallbacks_per_episode"] = sum(e.fallbacks for e in episodes) / n
