@@ -424,6 +424,27 @@ def test_item_bias_starts_from_log_popularity_and_shifts_recall(rec_dataset, tin
         assert torch.allclose(built.net.similarity(queries, items), shifted, atol=1e-5)
 
 
+def test_frozen_warm_heads_stay_while_lora_trains(rec_dataset, tiny_llm_dir):
+    """`freeze_warm_start`: a LoRA step moves LoRA and the item side, never f or the item bias."""
+    from backend.models.pecrs.warm_start import freeze_warm_heads
+
+    cfg = config(tiny_llm_dir, lr=1e-2)
+    built = build(rec_dataset, cfg)
+    net = built.net
+    heads = net.heads
+    frozen = [p.detach().clone() for p in [*heads.f.parameters(), heads.bias]]
+    lora = [p.detach().clone() for n, p in net.named_parameters() if "lora_B" in n]
+    freeze_warm_heads(net)
+    optimizer = torch.optim.AdamW(trainable_parameters(net), lr=cfg.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    samples = built.inputs.samples(rec_dataset.splits["train"])[:4]
+    train_step(net, optimizer, scheduler, [samples], random.Random(0))
+    after = [p.detach() for p in [*heads.f.parameters(), heads.bias]]
+    assert all(torch.equal(a, b) for a, b in zip(frozen, after, strict=True))
+    moved = [p.detach() for n, p in net.named_parameters() if "lora_B" in n]
+    assert any(not torch.equal(a, b) for a, b in zip(lora, moved, strict=True))
+
+
 def test_the_warm_start_fits_the_heads_and_rerank_is_kept_only_if_it_helps_on_dev(
     rec_dataset, tiny_llm_dir, tmp_path
 ):

@@ -56,6 +56,9 @@ class PECRSConfig(ModelConfig):
     # LM's cached [REC] states against the whole catalog; the best of this many epochs on dev.
     warm_start_epochs: int = 30
     warm_start_lr: float = 1e-3
+    # Keep f and the item bias as the warm start left them while LoRA trains, so LoRA must learn
+    # [REC] states that suit them (issue 14: training them on with LoRA undid the warm start).
+    freeze_warm_start: bool = False
     warmup_ratio: float = 0.1
     eval_every: int = 0  # optimizer steps between dev evaluations; 0 = once per epoch
     dev_samples: int = 200  # dev recommendation samples per evaluation (model selection)

@@ -36,7 +36,7 @@ from backend.models.pecrs.model import (
     trainable_parameters,
     training_batch,
 )
-from backend.models.pecrs.warm_start import DevQueries, warm_start_heads
+from backend.models.pecrs.warm_start import DevQueries, freeze_warm_heads, warm_start_heads
 from backend.progress import ProgressBar
 from backend.registry import save_run_files
 from backend.train.batches import epoch_batches
@@ -212,6 +212,8 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
         run.warmed = True
         evaluate(0)
         run.save(resume, net, optimizer, scheduler, rng)
+    if cfg.freeze_warm_start:
+        freeze_warm_heads(net)
     start = time.perf_counter()
     bar = ProgressBar(total=total, initial=run.step, desc="pecrs", unit="step")
     for step in range(run.step + 1, total + 1):

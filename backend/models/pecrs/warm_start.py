@@ -162,3 +162,10 @@ def warm_start_heads(
         f"{best:.4f}" if done.dev else "not measured",
     )
     return done
+
+
+def freeze_warm_heads(net: PECRSNet) -> None:
+    """Keep f and the item bias as the warm start left them: without a gradient, the optimiser
+    skips them, so the LoRA steps must learn [REC] states that suit them."""
+    for p in [*net.heads.f.parameters(), net.heads.bias]:
+        p.requires_grad_(False)
