@@ -247,6 +247,12 @@ def test_evaluation_reports_perplexity(rec_dataset, tiny_llm_dir, tmp_path):
     metrics = result.metrics
     assert metrics["n_rec"] == 3 and 1 < metrics["perplexity"] < 1e6
     assert {"recall@1", "rouge-1", "distinct-2", "item-f1"} <= set(metrics)
+    # Ranking only: no perplexity, and the same ranking.
+    ranking = create_model(
+        "pecrs", rec_dataset, {**TINY, "checkpoint": str(path), "generate": False}
+    )
+    fast = evaluate(ranking, rec_dataset, "test", progress=False).metrics
+    assert "perplexity" not in fast and fast["recall@10"] == metrics["recall@10"]
 
 
 def test_a_missing_checkpoint_names_the_train_command(tiny_dataset):

@@ -327,9 +327,12 @@ class PECRS(CRSModel):
 
     def reference_nll(
         self, dialogues: Sequence[Dialogue], references: Sequence[Turn]
-    ) -> list[tuple[float, int]]:
+    ) -> list[tuple[float, int]] | None:
         """Summed negative log-likelihood and token count of each reference response, given its
-        context and, when it names one, its gold item (Eq. 6): the perplexity of Table 3."""
+        context and, when it names one, its gold item (Eq. 6): the perplexity of Table 3. None
+        when the model only ranks (``generate=false``): it would double a ranking evaluation."""
+        if not self.config.generate:
+            return None
         samples = [
             # Perplexity conditions on the first movie only, as the paper's one gold per response.
             self.built.inputs.turn_samples(
