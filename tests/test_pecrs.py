@@ -497,3 +497,49 @@ def test_a_checkpoint_serves_another_catalog_with_that_catalogs_bias_and_statist
         assert torch.equal(a, b)  # f and h_item are the trained ones
     reply = served.respond(other.splits["test"][0])
     assert {s.item_id for s in reply.items} <= {i.id for i in items} and reply.items
+
+
+@pytest.mark.parametrize(
+    ("overrides", "trains"),
+    [
+        ({"catalog_recall": False, "m_train": 2}, True),  # the paper's shared negatives
+        ({"catalog_recall": False, "m_train": 2, "share_negatives": False}, True),
+        ({"alpha": 0.0}, False),  # Table 5 "w/o Recall loss": the warm start is recall training
+    ],
+)
+def test_the_warm_start_follows_table_5s_ablation_settings(
+    rec_dataset, tiny_llm_dir, overrides, trains
+):
+    """Sampled negatives (shared or per context) still teach recall; without the recall loss the
+    warm start leaves the heads as they started."""
+    from backend.models.pecrs.warm_start import warm_start_heads
+
+    net = build(rec_dataset, config(tiny_llm_dir, warm_start_epochs=15, **overrides)).net
+    samples = build(rec_dataset, config(tiny_llm_dir)).inputs.samples(rec_dataset.splits["train"])
+    before = [p.detach().clone() for p in net.heads.f.parameters()]
+    done = warm_start_heads(net, samples, None, random.Random(0), batch_size=4)
+    after = list(net.heads.f.parameters())
+    changed = any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert changed is trains
+    if trains:
+        assert len(done.loss) == 15 and done.loss[-1] < 0.8 * done.loss[0]
+        assert done.seconds_per_epoch > 0
+    else:
+        assert done.loss == []
+
+
+def test_sampled_recall_loss_sees_only_the_gold_and_its_negatives():
+    """With every other item drawn as a negative, the sampled loss is the whole-catalog loss;
+    shared negatives are one draw that avoids every gold of the batch."""
+    from backend.models.pecrs.warm_start import recall_loss
+
+    logits = torch.randn(3, 6)
+    golds = torch.tensor([0, 2, 5])
+    catalog = recall_loss(logits, golds, PECRSConfig(catalog_recall=True), random.Random(0))
+    every = PECRSConfig(catalog_recall=False, share_negatives=False, m_train=5)
+    assert torch.allclose(recall_loss(logits, golds, every, random.Random(0)), catalog)
+    shared = PECRSConfig(catalog_recall=False, m_train=3)  # 6 items - 3 golds = 3 left to draw
+    # Each row is then its gold against items 1, 3, 4 (in any order: the loss is the same).
+    rows = torch.stack([logits[r, [int(g), 1, 3, 4]] for r, g in enumerate(golds)])
+    expected = torch.nn.functional.cross_entropy(rows, torch.zeros(3, dtype=torch.long))
+    assert torch.allclose(recall_loss(logits, golds, shared, random.Random(0)), expected)

@@ -4,7 +4,7 @@ Heads that start random make the first LoRA steps chase noise, and on CPU a run 
 So the LM's state at [REC] after each training context is computed once (LoRA's B starts at zero,
 so this is the frozen backbone) and cached; then the query projection f and the per-item bias
 train on those states with the recall loss (Eq. 4) against the whole catalog rather than sampled
-negatives, which takes seconds per epoch, and the epoch with the best dev recall is kept. The item
+negatives (those stay a setting, for Table 5's ablations), which takes seconds per epoch, and the epoch with the best dev recall is kept. The item
 side (pooling weights, h_item) waits for LoRA: the contexts' item slots go through it too, so
 training it here would make the cached states stale (on ReDial dev that cost a third of the
 recall: mean R@1/10/50 0.072 against 0.108 with it left alone).
@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,9 +24,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from backend.models.pecrs.config import PECRSConfig
 from backend.models.pecrs.inference import rec_states
 from backend.models.pecrs.inputs import Sample
-from backend.models.pecrs.model import PECRSNet
+from backend.models.pecrs.model import PECRSNet, sample_negatives
 from backend.progress import ProgressBar
 from backend.settings import get_settings
 
@@ -85,13 +87,32 @@ def dev_recall_of_states(
     return float(np.mean(hits)) if hits else 0.0
 
 
+def recall_loss(
+    logits: torch.Tensor, golds: torch.Tensor, cfg: PECRSConfig, rng: random.Random
+) -> torch.Tensor:
+    """Eq. 4 over the whole catalog, or (``catalog_recall=false``) over each gold and the paper's
+    M sampled negatives, one draw shared by the batch or a draw per context (Table 5's ablation)."""
+    if cfg.catalog_recall:
+        return F.cross_entropy(logits, golds)
+    negatives = sample_negatives(
+        golds.tolist(), logits.shape[1], cfg.m_train, cfg.share_negatives, rng
+    )
+    columns = torch.tensor(
+        [[g, *negs] for g, negs in zip(golds.tolist(), negatives, strict=True)],
+        device=logits.device,
+    )
+    return F.cross_entropy(logits.gather(1, columns), torch.zeros_like(golds))
+
+
 @dataclass
 class WarmStart:
-    """What the warm start did: recall loss and dev mean recall per epoch, the epoch kept."""
+    """What the warm start did: recall loss and dev mean recall per epoch, the epoch kept, and
+    the training seconds per epoch (dev evaluation not counted)."""
 
     loss: list[float] = field(default_factory=list)
     dev: list[float] = field(default_factory=list)
     kept_epoch: int = 0
+    seconds_per_epoch: float = 0.0
 
 
 def warm_start_heads(
@@ -102,11 +123,12 @@ def warm_start_heads(
     batch_size: int = 128,
 ) -> WarmStart:
     """Train f and the item bias on cached [REC] states, keeping the epoch with the best dev
-    recall (the last one without dev turns)."""
+    recall (the last one without dev turns). Nothing trains with ``alpha=0`` (no recall loss)."""
     cfg = net.cfg
     done = WarmStart()
     with_item = [s for s in samples if s.gold is not None]
-    if cfg.warm_start_epochs <= 0 or not with_item:
+    # The warm start is recall-loss training: "w/o Recall loss" (alpha=0) has none.
+    if cfg.warm_start_epochs <= 0 or not with_item or cfg.alpha == 0:
         return done
     contexts = list({tuple(s.context): None for s in with_item})
     row_of = {c: i for i, c in enumerate(contexts)}
@@ -124,19 +146,22 @@ def warm_start_heads(
     best, kept = -1.0, [p.detach().clone() for p in params]
     order = list(range(len(with_item)))
     bar = ProgressBar(total=cfg.warm_start_epochs, desc="pecrs: warm start", unit="epoch")
+    seconds = 0.0
     for epoch in range(1, cfg.warm_start_epochs + 1):
+        began = time.perf_counter()
         heads.train()
         rng.shuffle(order)
         total = 0.0
         for start in range(0, len(order), batch_size):
             rows = torch.tensor(order[start : start + batch_size], device=net.device)
             logits = net.similarity(states[index[rows]], heads.items.h_item(pooled))
-            loss = F.cross_entropy(logits, golds[rows])
+            loss = recall_loss(logits, golds[rows], cfg, rng)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += loss.item() * len(rows)
         done.loss.append(total / len(order))
+        seconds += time.perf_counter() - began
         score = epoch  # without dev turns the last epoch is kept
         if dev_states is not None:
             heads.eval()
@@ -151,6 +176,7 @@ def warm_start_heads(
             {"recall": f"{done.loss[-1]:.3f}", "dev": f"{done.dev[-1]:.4f}" if done.dev else "-"}
         )
     bar.close()
+    done.seconds_per_epoch = seconds / cfg.warm_start_epochs
     with torch.no_grad():
         for p, value in zip(params, kept, strict=True):
             p.copy_(value)
