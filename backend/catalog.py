@@ -11,6 +11,8 @@ from rapidfuzz import fuzz, process
 
 from backend.types import Item
 
+# The metadata fields of an item's text after its title, in PECRS's order (its Table 6).
+ITEM_FIELDS = ("actors", "directors", "genres", "plot")
 _YEAR_RE = re.compile(r"\s*\((\d{4})\)\s*$")
 _ARTICLE_RE = re.compile(r"^(.*), (the|a|an)$", re.IGNORECASE)
 
@@ -66,19 +68,28 @@ class Catalog:
     def get(self, item_id: str) -> Item | None:
         return self._items.get(item_id)
 
-    def item_text(self, item_id: str, title_only: bool = False) -> str:
-        """Item as one string, PECRS style: title [SEP] actors [SEP] directors [SEP] genres [SEP] plot."""
+    def item_text(self, item_id: str, title_only: bool = False, drop: Iterable[str] = ()) -> str:
+        """Item as one string, PECRS style: title [SEP] actors [SEP] directors [SEP] genres [SEP] plot.
+
+        ``drop`` empties the named fields (of ``ITEM_FIELDS``) and keeps the layout, as PECRS's
+        Table 6 prunes them; ``title_only`` is the title alone.
+        """
         item = self[item_id]
         if title_only:
             return item.display_title
-        fields = [
-            item.display_title,
-            ", ".join(item.people.get("star", ())),
-            ", ".join(item.people.get("director", ())),
-            ", ".join(item.genres),
-            item.description,
-        ]
-        return " [SEP] ".join(fields)
+        unknown = set(drop) - set(ITEM_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"unknown item fields {sorted(unknown)}; choose from {', '.join(ITEM_FIELDS)}"
+            )
+        fields = {
+            "actors": ", ".join(item.people.get("star", ())),
+            "directors": ", ".join(item.people.get("director", ())),
+            "genres": ", ".join(item.genres),
+            "plot": item.description,
+        }
+        kept = [("" if name in drop else value) for name, value in fields.items()]
+        return " [SEP] ".join([item.display_title, *kept])
 
     @cached_property
     def _search_keys(self) -> list[str]:

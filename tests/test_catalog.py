@@ -1,3 +1,5 @@
+import pytest
+
 from backend.catalog import Catalog, normalize_title, split_year
 from tests.conftest import make_items
 
@@ -27,6 +29,11 @@ def test_item_text_is_pecrs_style():
         "Crime, Thriller",
     ]
     assert catalog.item_text("1", title_only=True) == "Heat (1995)"
+    # Dropped fields are emptied in place, so the layout is the one the model was trained on.
+    kept = catalog.item_text("1", drop=("actors", "directors", "plot")).split(" [SEP] ")
+    assert kept == ["Heat (1995)", "", "", "Crime, Thriller", ""]
+    with pytest.raises(ValueError, match="unknown item fields"):
+        catalog.item_text("1", drop=("budget",))
 
 
 def test_filters_and_duplicates():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backend.catalog import ITEM_FIELDS
 from backend.registry import ModelConfig
 
 ITEM, SEP, REC, REC_END = "[ITEM]", "[SEP]", "[REC]", "[REC_END]"
@@ -27,6 +28,10 @@ class PECRSConfig(ModelConfig):
     response_tokens: int = 64
     item_tokens: int = 64  # item text cap; plots past it are cut
     title_only: bool = False  # Table 5 "w/o Metadata (just title)"
+    # Item fields left empty, comma-separated (actors, directors, genres, plot; Table 6 prunes
+    # them): training on the fields a serving catalog has (MovieLens: genres only) keeps the
+    # heads from relying on fields it lacks.
+    drop_fields: str = ""
     # Recommendation.
     m_train: int = 150  # negatives per training context (§4.1)
     # Recall loss against the whole catalog (issue 14: random negatives are easy, mostly obscure
@@ -81,5 +86,16 @@ class PECRSConfig(ModelConfig):
     def __post_init__(self) -> None:
         if self.decoding not in DECODINGS:
             raise ValueError(f"pecrs: decoding must be one of {', '.join(DECODINGS)}")
+        if self.drop_fields:
+            unknown = set(self.dropped_fields) - set(ITEM_FIELDS)
+            if unknown:
+                raise ValueError(
+                    f"pecrs: drop_fields {sorted(unknown)} unknown; choose from "
+                    f"{', '.join(ITEM_FIELDS)}"
+                )
         if self.m_train < 1 or self.m_infer < 1:
             raise ValueError("pecrs: m_train and m_infer must be >= 1")
+
+    @property
+    def dropped_fields(self) -> tuple[str, ...]:
+        return tuple(f.strip() for f in self.drop_fields.split(",") if f.strip())

@@ -220,6 +220,7 @@ class PECRS(CRSModel):
         # The checkpoint fixes the network's shape and inputs; these keys come from it.
         for key in ("lora_r", "lora_alpha", "item_tokens", "title_only", "temperature"):
             setattr(cfg, key, trained[key])
+        cfg.drop_fields = trained.get("drop_fields", "")  # older checkpoints kept every field
         if trained.get("rerank") is False:  # training found that rerank does not help on dev
             cfg.rerank = False
         if cfg.rec_threshold < 0:  # unless given, the threshold chosen on dev in training

@@ -448,7 +448,10 @@ def build(dataset: Dataset, cfg: PECRSConfig, checkpoint: Path | None = None) ->
     lm.to(device)
 
     item_ids = [item.id for item in dataset.catalog]
-    texts = [dataset.catalog.item_text(i, title_only=cfg.title_only) for i in item_ids]
+    texts = [
+        dataset.catalog.item_text(i, title_only=cfg.title_only, drop=cfg.dropped_fields)
+        for i in item_ids
+    ]
     cache = settings.cache / "pecrs" / f"items-{item_text_hash(texts, backbone, cfg)}.pt"
     if cache.is_file():
         items = ItemStates(**torch.load(cache))
