@@ -292,11 +292,8 @@ def train_pecrs_cmd(
     set_: SetOpt = None,
 ) -> None:
     """Train PECRS (LoRA + heads, recall + rerank + generation losses); keeps the best dev checkpoint."""
-    from backend.models.pecrs import PECRSConfig, default_checkpoint, train_pecrs
+    from backend.models.pecrs import PECRSConfig, checkpoint_dir, train_pecrs
 
-    if skip_existing and already_trained("pecrs", out or default_checkpoint(dataset), "heads.pt"):
-        return
-    ds = load_or_fail(dataset, data_dir)
     try:
         config = PECRSConfig(
             epochs=epochs,
@@ -307,8 +304,16 @@ def train_pecrs_cmd(
             eval_every=eval_every,
             **parse_overrides(set_),
         )
+    except (TypeError, ValueError) as err:  # a bad --set key or value
+        fail(err)
+    if skip_existing and already_trained(
+        "pecrs", out or checkpoint_dir(config, dataset), "heads.pt"
+    ):
+        return
+    ds = load_or_fail(dataset, data_dir)
+    try:
         path = train_pecrs(ds, config, out)
-    except (TypeError, ValueError) as err:  # a bad --set key or value, or no training turns
+    except ValueError as err:  # no training turns
         fail(err)
     metrics = json.loads((path / "metrics.json").read_text())
     console.print(

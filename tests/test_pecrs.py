@@ -543,3 +543,27 @@ def test_sampled_recall_loss_sees_only_the_gold_and_its_negatives():
     rows = torch.stack([logits[r, [int(g), 1, 3, 4]] for r, g in enumerate(golds)])
     expected = torch.nn.functional.cross_entropy(rows, torch.zeros(3, dtype=torch.long))
     assert torch.allclose(recall_loss(logits, golds, shared, random.Random(0)), expected)
+
+
+def test_a_named_run_drops_fields_and_serves_them_dropped_on_another_catalog(
+    rec_dataset, tiny_llm_dir
+):
+    """`checkpoint=NAME` trains and serves CRS_HOME/checkpoints/pecrs/NAME (the demo's recipe);
+    the fields dropped in training are dropped from the serving catalog's items too."""
+    from backend.settings import get_settings
+
+    cfg = config(tiny_llm_dir, max_steps=1, batch_size=2, checkpoint="genres-only")
+    cfg.drop_fields = "actors,directors,plot"
+    path = train_pecrs(rec_dataset, cfg)
+    assert path == get_settings().checkpoints / "pecrs" / "genres-only"
+    other = Dataset(name="other", catalog=Catalog(make_items()[:3], name="other"), splits={})
+    served = create_model("pecrs", other, {**TINY, "checkpoint": "genres-only"})
+    assert served.config.drop_fields == "actors,directors,plot"
+    dropped = build(other, config(tiny_llm_dir, drop_fields=cfg.drop_fields)).net.items
+    every = build(other, config(tiny_llm_dir)).net.items
+    assert torch.equal(served.net.items.states, dropped.states)
+    assert not torch.equal(served.net.items.states, every.states)
+    with pytest.raises(FileNotFoundError, match="--set checkpoint=missing-run`"):
+        create_model("pecrs", other, {**TINY, "checkpoint": "missing-run"})
+    with pytest.raises(ValueError, match="drop_fields"):
+        PECRSConfig(drop_fields="budget")

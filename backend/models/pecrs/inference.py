@@ -22,7 +22,7 @@ from backend.models.pecrs.model import (
     PECRSNet,
     build,
     build_batch,
-    default_checkpoint,
+    checkpoint_dir,
     save_checkpoint,
     train_command,
 )
@@ -211,10 +211,11 @@ class PECRS(CRSModel):
         super().__init__(dataset, config)
         cfg = self.config
         trained_on = cfg.trained_on or dataset.name
-        path = Path(cfg.checkpoint or default_checkpoint(trained_on))
+        path = checkpoint_dir(cfg, dataset.name)
         if not (path / "heads.pt").is_file():
             raise FileNotFoundError(
-                f"no pecrs checkpoint at {path}; train one with `{train_command(trained_on)}`"
+                f"no pecrs checkpoint at {path}; train one with `{train_command(trained_on)}"
+                + (f" --set checkpoint={cfg.checkpoint}`" if cfg.checkpoint else "`")
             )
         trained = json.loads((path / "config.json").read_text())
         # The checkpoint fixes the network's shape and inputs; these keys come from it.

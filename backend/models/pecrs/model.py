@@ -410,6 +410,17 @@ def default_checkpoint(dataset_name: str) -> Path:
     return get_settings().checkpoints / "pecrs" / dataset_name
 
 
+def checkpoint_dir(cfg: PECRSConfig, dataset_name: str) -> Path:
+    """``cfg.checkpoint`` (a folder, or a bare name under CRS_HOME/checkpoints/pecrs/, so that a
+    served config and its training recipe name the same run on any machine); empty: the
+    default folder of ``trained_on`` or ``dataset_name``."""
+    if not cfg.checkpoint:
+        return default_checkpoint(cfg.trained_on or dataset_name)
+    if "/" in cfg.checkpoint or "\\" in cfg.checkpoint:
+        return Path(cfg.checkpoint).expanduser()
+    return default_checkpoint(cfg.checkpoint)
+
+
 def train_command(dataset_name: str) -> str:
     return f"crs train pecrs --dataset {dataset_name}"
 

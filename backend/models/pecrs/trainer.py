@@ -29,8 +29,8 @@ from backend.models.pecrs.model import (
     Built,
     PECRSNet,
     build,
+    checkpoint_dir,
     count_trainable,
-    default_checkpoint,
     pecrs_losses,
     save_checkpoint,
     trainable_parameters,
@@ -139,7 +139,7 @@ def train_pecrs(dataset: Dataset, cfg: PECRSConfig, out_dir: Path | None = None)
     ][: cfg.dev_samples]
     # The recommend threshold is chosen on system turns with and without an item.
     dev_turns = recommender_turns(dataset.splits.get("dev", []))[: 2 * cfg.dev_samples]
-    out_dir = Path(out_dir or cfg.checkpoint or default_checkpoint(dataset.name))
+    out_dir = Path(out_dir) if out_dir else checkpoint_dir(cfg, dataset.name)
 
     per_step = cfg.batch_size * cfg.grad_accum
     epoch_size = len(epoch_order(train, cfg.rec_fraction, random.Random(0)))
