@@ -86,3 +86,17 @@ def test_no_default_model_brings_back_what_the_dialogue_already_named(served):
         assert "Alien (1979)" not in titles, model
         assert not earlier & {i["item_id"] for i in second["items"]}, model
         assert len(titles) == len(set(titles)), f"{model} repeats a title"
+
+
+@pytest.mark.timeout(600)
+def test_the_default_models_answer_the_horror_request_with_horror_films(served):
+    """Issue 14's bar for PECRS in the demo (retrieval's too): the film the reply names and most
+    of the five shown are horror films (MovieLens genres)."""
+    client, models = served
+    catalog = client.app.state.host.dataset.catalog
+    horror = next(e for e in readme_examples() if "horror" in e)
+    for model in ("pecrs", "retrieval", "llm-zero-shot"):
+        reply, _ = ask(client, model, horror)
+        shown = [catalog[i["item_id"]] for i in reply["items"][:5]]
+        assert "Horror" in shown[0].genres and shown[0].display_title in reply["text"], reply
+        assert sum("Horror" in item.genres for item in shown) >= 3, [i.title for i in shown]

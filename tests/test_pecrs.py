@@ -281,6 +281,10 @@ def test_dialogue_without_items_still_gets_a_ranking(rec_dataset, tiny_llm_dir, 
     model = create_model("pecrs", rec_dataset, {**TINY, "checkpoint": str(path), "generate": False})
     reply = model.respond(Dialogue(id="x", turns=[Turn(role="user", text="hi")]))
     assert len(reply.items) == 5 and reply.text
+    # Ranking only, told to recommend: the reply names the top film and two alternatives.
+    model.config.rec_threshold = 0.0
+    reply = model.respond(Dialogue(id="x", turns=[Turn(role="user", text="hi")]))
+    assert reply.recommends and all(i.title in reply.text for i in reply.items[:3])
 
 
 def test_served_pecrs_answers_over_http_and_its_items_render_as_cards(

@@ -26,6 +26,7 @@ from backend.models.pecrs.model import (
     save_checkpoint,
     train_command,
 )
+from backend.models.templates import recommendation_text
 from backend.registry import CRSModel, register, timed
 from backend.types import Dialogue, Reply, ScoredItem, TraceStep, Turn, UserHistory
 
@@ -289,7 +290,9 @@ class PECRS(CRSModel):
             titles = [s.title for s in items]
             text = fill_items(raw, titles) if self.config.generate else ""
             recommends = want and bool(titles)
-            if recommends and ITEM not in raw:
+            if recommends and not self.config.generate:  # ranking only: the baselines' wording
+                text = recommendation_text([self.catalog[s.item_id] for s in items[:3]])
+            elif recommends and ITEM not in raw:
                 # The decision says recommend, so the reply names the item even if the LM did not.
                 text = f"You might like {titles[0]}. {text}".strip()
             if not text:  # not generating, or the LM stopped at once
