@@ -13,7 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from backend.data.base import Dataset
 from backend.types import Dialogue, Reply, ScoredItem, Turn, UserHistory
@@ -25,6 +25,18 @@ class ModelConfig:
 
     top_k: int = 50  # items returned in a Reply (Recall@50 needs 50)
     seed: int = 0
+
+
+class Peers(Protocol):
+    """The other models a server has loaded, for a model that calls experts (LLMCRS)."""
+
+    def ready_models(self) -> list[str]:
+        """Registered names of the models that can answer now (the caller's excluded)."""
+        ...
+
+    def respond(self, name: str, dialogue: Dialogue, history: UserHistory | None) -> Reply:
+        """Model ``name``'s reply, run on that model's own worker."""
+        ...
 
 
 class CRSModel(ABC):
@@ -62,6 +74,10 @@ class CRSModel(ABC):
         for i, word in enumerate(words):
             yield word if i == len(words) - 1 else word + " "
         yield reply
+
+    def use_peers(self, peers: Peers) -> None:
+        """Called by the server once the model is loaded; models that manage experts keep it."""
+        return None
 
     def reference_nll(
         self, dialogues: Sequence[Dialogue], references: Sequence[Turn]
@@ -133,6 +149,7 @@ def _load_builtin_models() -> None:
     from backend.models import (  # noqa: F401
         llm_rec,
         llm_zero_shot,
+        llmcrs,
         pecrs,
         popularity,
         retrieval,

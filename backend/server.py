@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from backend.data.base import Dataset
 from backend.mentions import link_user_turn
-from backend.registry import CRSModel, create_model, fresh_items, model_class
+from backend.registry import CRSModel, Peers, create_model, fresh_items, model_class
 from backend.settings import get_settings
 from backend.training import BackgroundTrainer, TrainingJob
 from backend.types import Dialogue, Item, Reply, UserHistory
@@ -206,6 +206,7 @@ class ServedModel:
     model: CRSModel | None = None
     status: Status = "loading"
     error: str | None = None
+    peers: Peers | None = None  # the host's other models, given to the model once loaded
     # One worker: calls queue here instead of holding threads, and never overlap.
     executor: ThreadPoolExecutor = field(init=False)
 
@@ -231,6 +232,8 @@ class ServedModel:
         self.status, self.error = "loading", None
         try:
             self.model = create_model(self.spec.name, dataset, model_overrides(self.spec, device))
+            if self.peers is not None:
+                self.model.use_peers(self.peers)
             self.status = "ready"
             log.info(
                 "loaded %s in %.1fs on %s", self.name, time.perf_counter() - start, self.device
@@ -293,6 +296,29 @@ class ModelCall:
         return reply if items == reply.items else reply.model_copy(update={"items": items})
 
 
+@dataclass
+class HostPeers:
+    """The host's ready models as one served model sees them (itself left out)."""
+
+    host: ModelHost
+    caller: str
+
+    def _ready(self) -> list[ServedModel]:
+        return [
+            s
+            for s in self.host.models.values()
+            if s.name != self.caller and s.status == "ready" and s.model is not None
+        ]
+
+    def ready_models(self) -> list[str]:
+        return [s.spec.name for s in self._ready()]
+
+    def respond(self, name: str, dialogue: Dialogue, history: UserHistory | None) -> Reply:
+        served = next(s for s in self._ready() if s.spec.name == name)
+        assert served.model is not None
+        return served.executor.submit(served.model.respond, dialogue, history).result()
+
+
 class ModelHost:
     """The dataset and the served models; the HTTP routes are thin adapters over it."""
 
@@ -300,6 +326,8 @@ class ModelHost:
         self.config = config
         self.dataset = dataset
         self.models = {spec.served_name: ServedModel(spec) for spec in config.models}
+        for served in self.models.values():
+            served.peers = HostPeers(self, served.name)
         self.trainer = BackgroundTrainer(get_settings().CRS_HOME, on_done=self._trained)
 
     async def load_all(self) -> None:

@@ -1,0 +1,87 @@
+"""LLMCRS's sub-task schema (the paper's Table 1) and settings; each ablation of §6 is a setting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backend.registry import ModelConfig
+
+
+@dataclass(frozen=True)
+class SubTask:
+    """One row of Table 1, plus the goal the matching prompt states (§3.2)."""
+
+    key: str
+    name: str
+    arguments: str
+    output: str
+    goal: str
+
+
+SUBTASKS = (
+    SubTask(
+        "elicit",
+        "User Preference Elicitation",
+        "{category, dialogue context}",
+        "Text",
+        "ask the user a question that narrows down which movie they want",
+    ),
+    SubTask(
+        "recommend",
+        "Recommendation",
+        "{category, dialogue context}",
+        "Item",
+        "recommend movies that fit what the user asked for",
+    ),
+    SubTask(
+        "explain",
+        "Explanation",
+        "{item name, dialogue context}",
+        "Text",
+        "explain why a recommended movie fits the user",
+    ),
+    SubTask(
+        "detail",
+        "Item Detail Search",
+        "{item name, item attribute}",
+        "Text",
+        "look up a fact about a movie (its year, genres, cast, director or plot)",
+    ),
+)
+SUBTASK = {s.key: s for s in SUBTASKS}
+CHOICES = ("auto", "score", "json")
+
+
+@dataclass
+class LLMCRSConfig(ModelConfig):
+    llm: str = ""  # empty = CRS_LLM (the bundled SmolLM2-135M-Instruct)
+    base_url: str = ""  # an OpenAI-compatible endpoint; empty = CRS_LLM_BASE_URL or local
+    device: str = "auto"  # for the experts this model loads itself
+    # How a decision is read: score = each allowed option's likelihood (the local model); json =
+    # parse the answer (an endpoint); auto = json with an endpoint, score otherwise.
+    choice: str = "auto"
+    default_subtask: str = "recommend"  # when an answer names no sub-task (counted)
+    # Sub-task detection prompt (§3.1): the schema (off: "w/o SI") and k demonstrations drawn
+    # from the training dialogues (0: "w/o DI").
+    schema: bool = True
+    demos: int = 4
+    # Model matching (§3.2): off = "w/o M", every turn goes to `single_expert`.
+    manage: bool = True
+    single_expert: str = "retrieval"
+    # Recommendation experts: comma-separated model names; empty = every registered model.
+    experts: str = ""
+    # Off = "w/o E": no expert; the LLM chooses among the `candidates` retrieved movies itself.
+    use_experts: bool = True
+    candidates: int = 50
+    # Response generation (§3.4) from the structured summary; off = "w/o SG" (raw expert output).
+    summary: bool = True
+    context_turns: int = 6  # dialogue turns in each prompt (a 135M model reads short prompts)
+    max_new_tokens: int = 40
+
+    def __post_init__(self) -> None:
+        if self.choice not in CHOICES:
+            raise ValueError(f"llmcrs: choice must be one of {', '.join(CHOICES)}")
+        if self.default_subtask not in SUBTASK:
+            raise ValueError(f"llmcrs: default_subtask must be one of {', '.join(SUBTASK)}")
+        if self.demos < 0:
+            raise ValueError("llmcrs: demos must be >= 0")

@@ -1,0 +1,297 @@
+"""LLMCRS (`llmcrs`): an LLM that manages sub-tasks and expert models (the paper's §3).
+
+Each turn runs four stages, each a step of the reply's trace:
+1. sub-task detection (§3.1): which of Table 1's sub-tasks the turn calls for;
+2. model matching (§3.2): which expert, by ID, from the [ID, description] list of that sub-task;
+3. execution (§3.3): the expert runs (recommenders are the registered models);
+4. response generation (§3.4): the LLM answers from a summary of the above.
+
+The local 135M model is never trusted to free-generate facts: its decisions are read by scoring
+the allowed options, and its reply opens with the expert's grounded sentence, to which it may add
+one sentence that is checked against the item's facts. With an endpoint (the quality path) the
+decisions are parsed from its answers and it writes the reply from the summary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from backend.llm import GenerationConfig, get_llm
+from backend.models.llm_zero_shot import LLMZeroShot, LLMZeroShotConfig, checked_clause
+from backend.models.llmcrs.choice import Choice, Chooser
+from backend.models.llmcrs.config import SUBTASK, SUBTASKS, LLMCRSConfig, SubTask
+from backend.models.llmcrs.experts import (
+    BUILTIN,
+    CATALOG,
+    ExpertOutput,
+    ExpertPool,
+    recommendation_experts,
+)
+from backend.models.llmcrs.prompts import (
+    DETECT_LEAD,
+    MATCH_LEAD,
+    detection_prompt,
+    draw_demos,
+    matching_prompt,
+    response_prompt,
+)
+from backend.models.templates import recommendation_text
+from backend.registry import CRSModel, Peers, fresh_items, register, timed
+from backend.types import Dialogue, Item, Reply, ScoredItem, TraceStep, UserHistory
+
+
+@dataclass
+class Stage:
+    """One stage's record for the trace: its prompt, raw answer, decision and time."""
+
+    name: str
+    prompt: str = ""
+    raw: Any = None
+    decision: Any = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def step(self) -> TraceStep:
+        return TraceStep(
+            name=f"{self.name} → {self.decision}",
+            input=self.prompt,
+            output={"decision": self.decision, "raw": self.raw, **self.extra},
+            seconds=self.seconds,
+        )
+
+
+@register
+class LLMCRS(CRSModel):
+    name = "llmcrs"
+    description = (
+        "LLMCRS: an LLM that detects the sub-task of each turn (preference elicitation, "
+        "recommendation, explanation, item details), picks an expert model for it by its "
+        "description, runs it, and answers from a summary of the result."
+    )
+    config_class = LLMCRSConfig
+
+    def __init__(self, dataset, config: LLMCRSConfig | None = None):
+        super().__init__(dataset, config)
+        cfg = self.config
+        self.llm = get_llm(cfg.llm or None, base_url=cfg.base_url or None)
+        remote = bool(getattr(self.llm, "base_url", None))
+        mode = cfg.choice if cfg.choice != "auto" else ("json" if remote else "score")
+        self.chooser = Chooser(self.llm, mode)
+        self.free_response = remote  # an endpoint writes the reply; the local model is grounded
+        self.experts = ExpertPool(dataset)
+        self.recommenders = recommendation_experts(cfg.experts, exclude=self.name)
+        self.demos = draw_demos(dataset.splits.get("train", []), cfg.demos, cfg.seed)
+        self.counts: Counter[str] = Counter()  # invalid answers, experts that could not run
+        self._alone: LLMZeroShot | None = None  # "w/o E": the LLM over retrieved candidates
+        self.version = f"{self.llm.name} ({mode})"
+
+    def use_peers(self, peers: Peers) -> None:
+        self.experts.peers = peers
+
+    # ------------------------------------------------------------------ the four stages
+
+    def detect(self, dialogue: Dialogue) -> tuple[SubTask, Stage]:
+        """§3.1: the sub-task, scored (local) or parsed (endpoint) among Table 1's."""
+        began = time.perf_counter()
+        if not self.config.manage:  # w/o M: no management, every turn is a recommendation
+            return SUBTASK["recommend"], Stage("1 sub-task detection", decision="Recommendation")
+        prompt = detection_prompt(dialogue, self.demos, self.config)
+        options = {task.key: task.name for task in SUBTASKS}
+        choice = self.chooser.choose(prompt, DETECT_LEAD, options, self.config.default_subtask)
+        self._count(choice, "detection")
+        stage = Stage("1 sub-task detection", prompt, choice.raw, SUBTASK[choice.decision].name)
+        stage.extra = {"scores": choice.scores, "valid": choice.valid}
+        stage.seconds = time.perf_counter() - began
+        return SUBTASK[choice.decision], stage
+
+    def match(self, task: SubTask) -> tuple[list[tuple[str, str]], Stage]:
+        """§3.2: the experts for ``task``, best first (the LLM's pick, then the rest by score)."""
+        began = time.perf_counter()
+        if task.key == "recommend":
+            experts = self.recommenders
+            if not self.config.manage:  # w/o M: one expert, always
+                experts = [e for e in experts if e[0] == self.config.single_expert]
+        else:
+            experts = BUILTIN[task.key]
+        if not experts:
+            stage = Stage("2 model matching", decision=CATALOG, raw="no expert: the catalog")
+            return [], stage
+        prompt = matching_prompt(task, experts)
+        if len(experts) == 1:
+            stage = Stage("2 model matching", prompt, "the only expert", experts[0][0])
+            return experts, stage
+        options = {expert_id: expert_id for expert_id, _ in experts}
+        choice = self.chooser.choose(prompt, MATCH_LEAD, options, experts[0][0])
+        self._count(choice, "matching")
+        scores = choice.scores or {choice.decision: 0.0}
+        ranked = sorted(experts, key=lambda e: (e[0] != choice.decision, -scores.get(e[0], -1e9)))
+        stage = Stage("2 model matching", prompt, choice.raw, choice.decision)
+        stage.extra = {"scores": choice.scores, "valid": choice.valid}
+        stage.seconds = time.perf_counter() - began
+        return ranked, stage
+
+    def execute(
+        self,
+        task: SubTask,
+        experts: list[tuple[str, str]],
+        dialogue: Dialogue,
+        history: UserHistory | None,
+    ) -> tuple[ExpertOutput, tuple[str, str] | None, Stage]:
+        """§3.3: run the matched expert (the next one if it cannot run); every sub-task also
+        gets a ranking, so that the reply can show films whatever it does."""
+        began = time.perf_counter()
+        stage = Stage("3 execution")
+        skipped: dict[str, str] = {}
+        ranking, used, where = self._rank(task, experts, dialogue, history, skipped)
+        focus = self._focus(dialogue, ranking)
+        if task.key == "recommend":
+            first = self.catalog[ranking[0].item_id] if ranking else None
+            output = ExpertOutput(
+                recommendation_text([self.catalog[s.item_id] for s in ranking[:3]]),
+                ranking,
+                first,
+            )
+        elif task.key == "elicit":
+            output = self.experts.ask_attribute(dialogue, ranking)
+        elif task.key == "explain" and focus is not None:
+            output = self.experts.explain(dialogue, focus)
+        elif task.key == "detail" and focus is not None:
+            output = self.experts.detail(dialogue, focus)
+        else:  # nothing named yet to explain or describe: recommend instead
+            output = ExpertOutput(
+                recommendation_text([self.catalog[s.item_id] for s in ranking[:3]])
+            )
+        output.items = output.items or ranking
+        expert = next((e for e in experts if e[0] == used), None)
+        if task.key != "recommend":
+            expert = experts[0] if experts else None
+        stage.decision = expert[0] if expert else CATALOG
+        stage.prompt = {
+            "sub-task": task.name,
+            "recommender": f"{used} ({where})",
+            "skipped": skipped,
+        }
+        stage.raw = output.text
+        stage.extra = {"top": [s.title for s in output.items[:5]]}
+        stage.extra.update({s.name: s.output for s in output.trace})
+        stage.seconds = time.perf_counter() - began
+        return output, expert, stage
+
+    def respond_text(
+        self,
+        dialogue: Dialogue,
+        task: SubTask,
+        expert: tuple[str, str] | None,
+        output: ExpertOutput,
+    ) -> tuple[str, Stage]:
+        """§3.4: the reply from the summary. Locally the expert's grounded sentence leads and the
+        LLM may add one checked sentence; an endpoint writes the whole reply."""
+        began = time.perf_counter()
+        prompt = response_prompt(dialogue, task, expert, output.text, self.config)
+        messages = [{"role": "user", "content": prompt}]
+        gen = GenerationConfig(max_new_tokens=self.config.max_new_tokens, temperature=0.0)
+        if self.free_response:
+            raw = self.llm.chat(messages, gen).strip()
+            text = raw or output.text
+            if output.focus is not None and task.key == "recommend":
+                title = output.focus.display_title
+                text = text if title in text else f"I'd suggest {title}. {text}"
+            stage = Stage("4 response", prompt, raw, "written from the summary")
+        else:
+            lead = output.text
+            raw = self.llm.chat_batch([messages], gen, prefixes=[lead + " "])[0]
+            added, refused = self._clause(raw[len(lead) :], output.focus, dialogue)
+            text = f"{lead} {added}".strip()
+            stage = Stage(
+                "4 response",
+                prompt,
+                raw,
+                "expert's words + a checked sentence" if added else "expert's words",
+            )
+            stage.extra = {"refused": refused} if refused else {}
+        stage.seconds = time.perf_counter() - began
+        return text, stage
+
+    # ------------------------------------------------------------------ the turn
+
+    @timed
+    def respond(self, dialogue: Dialogue, history: UserHistory | None = None) -> Reply:
+        task, detected = self.detect(dialogue)
+        experts, matched = self.match(task)
+        output, expert, executed = self.execute(task, experts, dialogue, history)
+        text, written = self.respond_text(dialogue, task, expert, output)
+        items = fresh_items(output.items, set(dialogue.mentioned_items()), self.config.top_k)
+        if task.key != "recommend" and items and items[0].title not in text:
+            text += f" Meanwhile, you might like {items[0].title}."  # every turn shows films
+        usage = self.llm.last_usage
+        return Reply(
+            text=text,
+            items=items,
+            recommends=task.key == "recommend",
+            trace=[s.step() for s in (detected, matched, executed, written)],
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _rank(
+        self,
+        task: SubTask,
+        experts: list[tuple[str, str]],
+        dialogue: Dialogue,
+        history: UserHistory | None,
+        skipped: dict[str, str],
+    ) -> tuple[list[ScoredItem], str, str]:
+        """A ranking, the recommender that made it and where it ran: the first recommender that runs (the matched one for Recommendation;
+        `single_expert` for the other sub-tasks, whose experts work on candidates)."""
+        if not self.config.use_experts:  # w/o E: the LLM alone over retrieved candidates
+            return self._llm_alone().respond(dialogue, history).items, "the LLM alone", "here"
+        order = [e[0] for e in experts] if task.key == "recommend" else []
+        order += [self.config.single_expert] + [e[0] for e in self.recommenders]
+        for name in dict.fromkeys(order):
+            if self.experts.unavailable(name):
+                skipped[name] = self.experts.unavailable(name)
+                continue
+            try:
+                reply, where = self.experts.recommend(name, dialogue, history)
+            except Exception as err:  # noted in the trace; the next expert answers
+                self.counts[f"expert {name} failed"] += 1
+                skipped[name] = f"{type(err).__name__}: {err}"
+                continue
+            if reply.items:
+                return reply.items, name, where
+        return [], "none", "-"
+
+    def _llm_alone(self) -> LLMZeroShot:
+        if self._alone is None:
+            cfg = self.config
+            self._alone = LLMZeroShot(
+                self.dataset,
+                LLMZeroShotConfig(
+                    llm=cfg.llm,
+                    base_url=cfg.base_url,
+                    candidates=cfg.candidates,
+                    scored=cfg.candidates,
+                ),
+            )
+        return self._alone
+
+    def _focus(self, dialogue: Dialogue, ranking: list[ScoredItem]) -> Item | None:
+        """The movie an explanation or a detail is about: the last one named in the dialogue."""
+        named = dialogue.mentioned_items()
+        if named and named[-1] in self.catalog:
+            return self.catalog[named[-1]]
+        return self.catalog[ranking[0].item_id] if ranking else None
+
+    def _clause(self, raw: str, item: Item | None, dialogue: Dialogue) -> tuple[str, str]:
+        if item is None or not raw.strip():
+            return "", "nothing to check against" if raw.strip() else ""
+        return checked_clause(raw, item, dialogue)
+
+    def _count(self, choice: Choice, stage: str) -> None:
+        if not choice.valid:
+            self.counts[f"{stage}: invalid answer, default taken"] += 1

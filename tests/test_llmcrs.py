@@ -1,0 +1,207 @@
+"""LLMCRS (issue 16): reading the LLM's decisions, the expert registry, the four traced stages."""
+
+from __future__ import annotations
+
+import pytest
+
+import backend.models.llmcrs.model as llmcrs_model
+from backend.models.llmcrs.choice import Chooser, parse_answer
+from backend.models.llmcrs.config import SUBTASK
+from backend.models.llmcrs.labels import gold_subtask, silver_subtask
+from backend.models.llmcrs.prompts import BUILTIN_DEMOS, detection_prompt, draw_demos
+from backend.registry import _REGISTRY, CRSModel, create_model, register
+from backend.types import Dialogue, Reply, ScoredItem, Turn
+from tests.conftest import ChatOnlyLLM
+
+
+class Script(ChatOnlyLLM):
+    """Answers with its lines in order (the last one repeats), continuing any forced prefix;
+    scores an option by a fixed table (0 when absent); keeps every prompt."""
+
+    name = "script"
+
+    def __init__(self, *lines: str, scores: dict[str, float] | None = None):
+        super().__init__()
+        self.lines, self.prompts, self.table = list(lines), [], scores or {}
+
+    def chat_batch(self, conversations, config=None, prefixes=None):
+        self.prompts += [c[-1]["content"] for c in conversations]
+        prefixes = prefixes or [""] * len(conversations)
+        said = [self.lines.pop(0) if len(self.lines) > 1 else self.lines[0] for _ in conversations]
+        return [p + s for p, s in zip(prefixes, said, strict=True)]
+
+    def score(self, prompt, continuation):
+        self.prompts.append(prompt)
+        # The context-free prior is 0, so the table alone decides.
+        return (
+            0.0
+            if prompt.startswith("Context: none.")
+            else self.table.get(continuation.strip(), 0.0)
+        )
+
+
+def llmcrs(dataset, llm, monkeypatch, **config):
+    monkeypatch.setattr(llmcrs_model, "get_llm", lambda *a, **k: llm)
+    settings = {"experts": "popularity", "single_expert": "popularity", **config}
+    return create_model("llmcrs", dataset, settings)
+
+
+def ask(text: str) -> Dialogue:
+    return Dialogue(id="d", turns=[Turn(role="user", text=text)])
+
+
+def test_answers_are_parsed_as_json_or_text_and_nonsense_names_nothing():
+    options = {"recommend": "Recommendation", "elicit": "User Preference Elicitation"}
+    assert parse_answer('{"name": "Recommendation"}', options) == "recommend"
+    assert parse_answer('Sure! {"name": "user preference elicitation"}', options) == "elicit"
+    assert parse_answer("Recomendation", options) == "recommend"  # a typo still matches
+    assert parse_answer("I think we should chat about the weather", options) is None
+
+
+def test_an_invalid_answer_falls_back_to_the_default_and_is_counted(tiny_dataset, monkeypatch):
+    model = llmcrs(tiny_dataset, Script("no json here", "fine."), monkeypatch, choice="json")
+    reply = model.respond(ask("Hello there"))
+    detection = reply.trace[0]
+    assert detection.name == "1 sub-task detection → Recommendation"  # the default
+    assert detection.output["valid"] is False and detection.output["raw"] == "no json here"
+    assert model.counts["detection: invalid answer, default taken"] == 1
+    assert reply.items and reply.items[0].title in reply.text
+
+
+def test_scoring_takes_the_likeliest_option_and_every_turn_has_four_stages(
+    tiny_dataset, monkeypatch
+):
+    llm = Script("", scores={"User Preference Elicitation": 2.0, "Recommendation": 1.0})
+    model = llmcrs(tiny_dataset, llm, monkeypatch, choice="score")
+    reply = model.respond(ask("Hi, I want to watch something."))
+    names = [step.name.split(" → ")[0] for step in reply.trace]
+    assert names == ["1 sub-task detection", "2 model matching", "3 execution", "4 response"]
+    assert reply.trace[0].name.endswith("User Preference Elicitation")
+    assert "?" in reply.text and not reply.recommends  # it asks, and still shows films
+    assert reply.items and reply.items[0].title in reply.text
+
+
+def test_a_newly_registered_expert_enters_the_matching_prompt_and_can_be_chosen(
+    tiny_dataset, monkeypatch
+):
+    @register
+    class Oracle(CRSModel):
+        name = "oracle-expert"
+        description = "Knows exactly which crime film the user wants."
+
+        def respond(self, dialogue, history=None):
+            item = self.catalog["1"]
+            return Reply(
+                text="", items=[ScoredItem(item_id="1", score=1.0, title=item.display_title)]
+            )
+
+    try:
+        llm = Script('{"name": "Recommendation"}', '{"name": "oracle-expert"}', "Enjoy.")
+        model = llmcrs(tiny_dataset, llm, monkeypatch, choice="json", experts="")
+        reply = model.respond(ask("A crime film, please."))
+        matching = next(p for p in llm.prompts if "expert model" in p)
+        assert "[oracle-expert, Knows exactly which crime film the user wants.]" in matching
+        assert reply.trace[1].name == "2 model matching → oracle-expert"
+        assert reply.trace[2].name == "3 execution → oracle-expert"
+        assert reply.items[0].item_id == "1" and "Heat (1995)" in reply.text
+    finally:
+        _REGISTRY.pop("oracle-expert")
+
+
+def test_an_expert_that_cannot_run_hands_over_to_the_next(tiny_dataset, monkeypatch):
+    llm = Script('{"name": "Recommendation"}', '{"name": "sasrec"}', "Enjoy.")
+    model = llmcrs(tiny_dataset, llm, monkeypatch, choice="json", experts="sasrec,popularity")
+    reply = model.respond(ask("Something good?"))  # sasrec has no checkpoint here
+    executed = reply.trace[2]
+    assert executed.input["recommender"] == "popularity (loaded here)"
+    assert "sasrec" in executed.input["skipped"] and reply.items
+
+
+def test_without_management_every_turn_is_the_single_experts_recommendation(
+    tiny_dataset, monkeypatch
+):
+    llm = Script("unused", "Enjoy.")
+    model = llmcrs(tiny_dataset, llm, monkeypatch, choice="json", manage=False)
+    reply = model.respond(ask("Who directed Heat?"))
+    assert reply.recommends and reply.trace[0].name.endswith("Recommendation")
+    assert not any("sub-task should be selected" in p for p in llm.prompts)
+
+
+def test_detection_prompt_ablations_drop_the_schema_and_the_demonstrations(tiny_dataset):
+    from backend.models.llmcrs.config import LLMCRSConfig
+
+    dialogue = ask("Any thrillers?")
+    full = detection_prompt(dialogue, BUILTIN_DEMOS, LLMCRSConfig())
+    assert '"output": "Item"' in full and "cases for your reference" in full
+    no_schema = detection_prompt(dialogue, BUILTIN_DEMOS, LLMCRSConfig(schema=False))
+    assert '"output"' not in no_schema and "Recommendation" in no_schema
+    assert "cases for your reference" not in detection_prompt(dialogue, [], LLMCRSConfig())
+    assert full.endswith("Sub-task:")
+
+
+def test_silver_and_gold_labels_of_system_turns():
+    turns = [
+        Turn(role="user", text="Hi, any comedies?"),
+        Turn(role="system", text="What kind of comedy do you like?"),
+        Turn(role="user", text="Silly ones."),
+        Turn(role="system", text="Try Airplane! (1980).", items=["7"]),
+        Turn(role="user", text="Who directed it?"),
+        Turn(role="system", text="The Zucker brothers."),
+        Turn(role="user", text="Nice."),
+        Turn(role="system", text="It's one of the funniest films ever made."),
+        Turn(role="user", text="Thanks, bye!"),
+        Turn(role="system", text="Bye!"),
+    ]
+    dialogue = Dialogue(id="x", turns=turns)
+    labels = [silver_subtask(dialogue, i) for i in range(len(turns))]
+    assert labels == [
+        None,
+        "elicit",
+        None,
+        "recommend",
+        None,
+        "detail",
+        None,
+        "explain",
+        None,
+        None,
+    ]
+    goals = [
+        [],
+        ["ask_preference"],
+        [],
+        ["rec_might_likes"],
+        [],
+        ["respond_detail"],
+        [],
+        [],
+        [],
+        ["end"],
+    ]
+    gold = Dialogue(id="g", turns=turns, meta={"goals": goals})
+    assert [gold_subtask(gold, i) for i in (1, 3, 5, 9)] == ["elicit", "recommend", "detail", None]
+
+
+def test_demonstrations_come_from_training_dialogues_one_sub_task_after_another(tiny_dataset):
+    demos = draw_demos(tiny_dataset.splits["train"], k=3, seed=0)
+    assert demos and all(d.subtask in SUBTASK for d in demos)
+    assert len({d.subtask for d in demos}) == min(3, len({d.subtask for d in demos}))
+    assert draw_demos([], k=2, seed=0) == list(BUILTIN_DEMOS[:2])  # no dialogues: built-in
+    assert draw_demos(tiny_dataset.splits["train"], k=0, seed=0) == []
+
+
+def test_scoring_subtracts_what_an_option_scores_without_context():
+    class Prior(Script):
+        def score(self, prompt, continuation):
+            if prompt.startswith("Context: none."):
+                return {"A": 5.0}.get(continuation.strip(), 0.0)  # A is likely anyway
+            return {"A": 4.0, "B": 1.0}.get(continuation.strip(), 0.0)
+
+    choice = Chooser(Prior(""), "score").choose("Q\nLead:", "Lead:", {"a": "A", "b": "B"}, "a")
+    assert choice.decision == "b" and choice.scores == {"a": -1.0, "b": 1.0}
+
+
+@pytest.mark.parametrize("bad", [{"choice": "guess"}, {"default_subtask": "chat"}])
+def test_bad_settings_are_refused_in_plain_words(tiny_dataset, bad):
+    with pytest.raises(ValueError, match="llmcrs:"):
+        create_model("llmcrs", tiny_dataset, bad)
