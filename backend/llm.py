@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import logging
@@ -229,6 +230,11 @@ class LLM(ABC):
     def score(self, prompt: str, continuation: str) -> float:
         """Sum of the log-probabilities of ``continuation``'s tokens given ``prompt``."""
         return float(sum(t.logprob for t in self.token_logprobs(prompt, continuation)))
+
+    def score_options(self, prompt: str, continuations: Sequence[str]) -> list[float]:
+        """`score` of each continuation after the same ``prompt``; local models read the prompt
+        once for all of them."""
+        return [self.score(prompt, c) for c in continuations]
 
 
 def best_device(pref: str = "auto") -> torch.device:
@@ -656,6 +662,50 @@ class LocalLLM(LLM):
                 tokens, offsets, [None, *chosen], alternatives, strict=True
             )
         ]
+
+    def score_options(self, prompt: str, continuations: Sequence[str]) -> list[float]:
+        """`score` of each continuation, the shared tokens read once: their KV cache is copied
+        for each continuation's own few tokens (a prompt of 500 tokens and 4 options costs one
+        forward pass instead of four)."""
+        if not prompt:
+            raise ValueError("score_options() needs a non-empty prompt")
+        encoded = [self.tokenizer(prompt + c, return_offsets_mapping=True) for c in continuations]
+        rows = [e["input_ids"] for e in encoded]
+        if not rows:
+            return []
+        shared = 0  # the longest token prefix every row has
+        while all(len(r) > shared + 1 for r in rows) and len({r[shared] for r in rows}) == 1:
+            shared += 1
+        shared = max(shared, 1)
+        with self._lock:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                head = self.model(
+                    input_ids=torch.tensor([rows[0][:shared]], device=self.device), use_cache=True
+                )
+                head_logprobs = torch.log_softmax(head.logits[0].float(), dim=-1)
+                scores = []
+                for ids, enc in zip(rows, encoded, strict=True):
+                    logprobs = head_logprobs
+                    if len(ids) > shared:
+                        tail = self.model(
+                            input_ids=torch.tensor([ids[shared:]], device=self.device),
+                            past_key_values=copy.deepcopy(head.past_key_values),
+                            use_cache=True,
+                        )
+                        tail_logprobs = torch.log_softmax(tail.logits[0].float(), dim=-1)
+                        logprobs = torch.cat([head_logprobs, tail_logprobs])
+                    # Position j - 1 predicts token j; only the continuation's tokens count.
+                    scores.append(
+                        sum(
+                            float(logprobs[j - 1, ids[j]])
+                            for j in range(1, len(ids))
+                            if enc["offset_mapping"][j][0] >= len(prompt)
+                        )
+                    )
+            tokens = shared + sum(len(r) - shared for r in rows)
+            self.last_usage = Usage(prompt_tokens=tokens, seconds=time.perf_counter() - start)
+        return scores
 
     def embed(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
         """Mean of the last hidden state over each text's tokens, L2-normalised (float32)."""

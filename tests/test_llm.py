@@ -170,6 +170,18 @@ def test_score_prefers_the_likely_continuation(smollm: LocalLLM):
     assert smollm.score(prompt, " Paris and Lyon") == pytest.approx(sum(t.logprob for t in tokens))
 
 
+def test_scoring_options_reads_the_prompt_once_and_scores_as_one_by_one(smollm: LocalLLM):
+    prompt = "Q: Which sub-task?\nA:"
+    options = [" Recommendation", " User Preference Elicitation", " Explanation", " Item Detail"]
+    together = smollm.score_options(prompt, options)
+    assert together == pytest.approx([smollm.score(prompt, o) for o in options], abs=1e-3)
+    # Options that share their first tokens are scored right too.
+    shared = [" Paris", " Paris and Lyon"]
+    assert smollm.score_options("The capital of France is", shared) == pytest.approx(
+        [smollm.score("The capital of France is", o) for o in shared], abs=1e-3
+    )
+
+
 def test_text_logprobs_offsets_and_alternatives(smollm: LocalLLM):
     text = "The capital of France is Paris"
     tokens = smollm.text_logprobs(text, top=3)

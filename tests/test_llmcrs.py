@@ -33,11 +33,7 @@ class Script(ChatOnlyLLM):
     def score(self, prompt, continuation):
         self.prompts.append(prompt)
         # The context-free prior is 0, so the table alone decides.
-        return (
-            0.0
-            if prompt.startswith("Context: none.")
-            else self.table.get(continuation.strip(), 0.0)
-        )
+        return 0.0 if "N/A" in prompt else self.table.get(continuation.strip(), 0.0)
 
 
 def llmcrs(dataset, llm, monkeypatch, **config):
@@ -193,11 +189,12 @@ def test_demonstrations_come_from_training_dialogues_one_sub_task_after_another(
 def test_scoring_subtracts_what_an_option_scores_without_context():
     class Prior(Script):
         def score(self, prompt, continuation):
-            if prompt.startswith("Context: none."):
+            if "N/A" in prompt:
                 return {"A": 5.0}.get(continuation.strip(), 0.0)  # A is likely anyway
             return {"A": 4.0, "B": 1.0}.get(continuation.strip(), 0.0)
 
-    choice = Chooser(Prior(""), "score").choose("Q\nLead:", "Lead:", {"a": "A", "b": "B"}, "a")
+    options = {"a": "A", "b": "B"}
+    choice = Chooser(Prior(""), "score").choose("Q\nLead:", "Lead:", options, "a", "N/A\nLead:")
     assert choice.decision == "b" and choice.scores == {"a": -1.0, "b": 1.0}
 
 
@@ -205,3 +202,14 @@ def test_scoring_subtracts_what_an_option_scores_without_context():
 def test_bad_settings_are_refused_in_plain_words(tiny_dataset, bad):
     with pytest.raises(ValueError, match="llmcrs:"):
         create_model("llmcrs", tiny_dataset, bad)
+
+
+def test_the_local_reply_keeps_the_experts_words_and_only_a_checked_sentence(
+    tiny_dataset, monkeypatch
+):
+    """The grounded path: the LLM's added sentence goes when it narrates the task."""
+    llm = Script('{"name": "Recommendation"}', " The user's request is a crime film.")
+    model = llmcrs(tiny_dataset, llm, monkeypatch, choice="json")
+    reply = model.respond(ask("A crime film, please."))
+    assert "user's request" not in reply.text and reply.items[0].title in reply.text
+    assert "talks about the user" in reply.trace[3].output["refused"]

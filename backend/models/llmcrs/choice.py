@@ -1,8 +1,8 @@
 """Reading the LLM's decision among allowed options, robustly.
 
 A local model is scored: each option's log-likelihood after the prompt, minus its likelihood
-after a prompt with no context (pointwise mutual information, so an option that is likely
-anyway gains nothing); the best is taken, so the answer is always an option. An endpoint writes
+after the same prompt with a content-free context ("N/A": contextual calibration, so an option
+that is likely anyway gains nothing); the best is taken, so the answer is always an option. An endpoint writes
 an answer, read as JSON ({"name": ...}) or as text and matched to the options (rapidfuzz); an
 answer that names no option falls back to the default and is marked invalid, to be counted.
 """
@@ -32,6 +32,7 @@ class Choice:
     scores: dict[str, float] = field(default_factory=dict)
     raw: str = ""
     valid: bool = True
+    tokens: int = 0  # LLM tokens read and written for it
 
 
 def parse_answer(raw: str, options: Mapping[str, str]) -> str | None:
@@ -58,32 +59,46 @@ def parse_answer(raw: str, options: Mapping[str, str]) -> str | None:
 
 
 class Chooser:
-    """Asks one LLM to choose; caches each option's likelihood without context."""
+    """Asks one LLM to choose; caches the options' scores under a content-free prompt."""
 
     def __init__(self, llm: LLM, mode: str):
         self.llm = llm
         self.mode = mode
-        self._prior: dict[tuple[str, str], float] = {}
+        self._prior: dict[tuple[str, tuple[str, ...]], list[float]] = {}
         self._lock = threading.Lock()
 
-    def prior(self, lead: str, label: str) -> float:
+    def prior(self, null_prompt: str, continuations: list[str]) -> list[float]:
+        key = (null_prompt, tuple(continuations))
         with self._lock:
-            if (lead, label) not in self._prior:
-                self._prior[lead, label] = self.llm.score(f"Context: none.\n{lead}", f" {label}")
-            return self._prior[lead, label]
+            if key not in self._prior:
+                self._prior[key] = self.llm.score_options(null_prompt, continuations)
+            return self._prior[key]
 
-    def choose(self, prompt: str, lead: str, options: Mapping[str, str], default: str) -> Choice:
-        """Choose among ``options`` (key -> label) after ``prompt``, which ends with ``lead``."""
+    def choose(
+        self,
+        prompt: str,
+        lead: str,
+        options: Mapping[str, str],
+        default: str,
+        null_prompt: str = "",
+    ) -> Choice:
+        """Choose among ``options`` (key -> label) after ``prompt``, which ends with ``lead``.
+
+        Scored, each option's log-likelihood has its likelihood after ``null_prompt`` (the same
+        prompt with a content-free context, when given) taken off: contextual calibration.
+        """
         if self.mode == "score":
-            scores = {
-                key: self.llm.score(prompt, f" {label}") - self.prior(lead, label)
-                for key, label in options.items()
-            }
+            continuations = [f" {label}" for label in options.values()]
+            raw = self.llm.score_options(prompt, continuations)
+            tokens = self.llm.last_usage.prompt_tokens
+            prior = self.prior(null_prompt, continuations) if null_prompt else [0.0] * len(raw)
+            scores = {k: r - p for k, r, p in zip(options, raw, prior, strict=True)}
             best = max(scores, key=lambda k: scores[k])
-            return Choice(best, {k: round(v, 3) for k, v in scores.items()}, options[best])
+            rounded = {k: round(v, 3) for k, v in scores.items()}
+            return Choice(best, rounded, options[best], tokens=tokens)
         question = prompt.removesuffix(lead).rstrip()
         labels = ", ".join(json.dumps(label) for label in options.values())
-        raw = self.llm.chat(
+        raw_answer = self.llm.chat(
             [
                 {
                     "role": "user",
@@ -92,7 +107,9 @@ class Chooser:
             ],
             GenerationConfig(max_new_tokens=40, temperature=0.0),
         )
-        key = parse_answer(raw, options)
+        usage = self.llm.last_usage
+        tokens = usage.prompt_tokens + usage.completion_tokens
+        key = parse_answer(raw_answer, options)
         if key is None:
-            return Choice(default, raw=raw, valid=False)
-        return Choice(key, raw=raw)
+            return Choice(default, raw=raw_answer, valid=False, tokens=tokens)
+        return Choice(key, raw=raw_answer, tokens=tokens)

@@ -14,6 +14,7 @@ decisions are parsed from its answers and it writes the reply from the summary.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from backend.models.templates import recommendation_text
 from backend.registry import CRSModel, Peers, fresh_items, register, timed
 from backend.types import Dialogue, Item, Reply, ScoredItem, TraceStep, UserHistory
 
+_NARRATES = re.compile(r"\b(the user|user's|request|sub-task|expert|assistant|dialogue)\b", re.I)
+
 
 @dataclass
 class Stage:
@@ -52,6 +55,7 @@ class Stage:
     raw: Any = None
     decision: Any = None
     seconds: float = 0.0
+    tokens: int = 0  # LLM tokens read and written
     extra: dict[str, Any] = field(default_factory=dict)
 
     def step(self) -> TraceStep:
@@ -100,11 +104,14 @@ class LLMCRS(CRSModel):
             return SUBTASK["recommend"], Stage("1 sub-task detection", decision="Recommendation")
         prompt = detection_prompt(dialogue, self.demos, self.config)
         options = {task.key: task.name for task in SUBTASKS}
-        choice = self.chooser.choose(prompt, DETECT_LEAD, options, self.config.default_subtask)
+        null = detection_prompt(None, self.demos, self.config)
+        choice = self.chooser.choose(
+            prompt, DETECT_LEAD, options, self.config.default_subtask, null_prompt=null
+        )
         self._count(choice, "detection")
         stage = Stage("1 sub-task detection", prompt, choice.raw, SUBTASK[choice.decision].name)
         stage.extra = {"scores": choice.scores, "valid": choice.valid}
-        stage.seconds = time.perf_counter() - began
+        stage.seconds, stage.tokens = time.perf_counter() - began, choice.tokens
         return SUBTASK[choice.decision], stage
 
     def match(self, task: SubTask) -> tuple[list[tuple[str, str]], Stage]:
@@ -124,13 +131,14 @@ class LLMCRS(CRSModel):
             stage = Stage("2 model matching", prompt, "the only expert", experts[0][0])
             return experts, stage
         options = {expert_id: expert_id for expert_id, _ in experts}
-        choice = self.chooser.choose(prompt, MATCH_LEAD, options, experts[0][0])
+        null = matching_prompt(None, experts)
+        choice = self.chooser.choose(prompt, MATCH_LEAD, options, experts[0][0], null_prompt=null)
         self._count(choice, "matching")
         scores = choice.scores or {choice.decision: 0.0}
         ranked = sorted(experts, key=lambda e: (e[0] != choice.decision, -scores.get(e[0], -1e9)))
         stage = Stage("2 model matching", prompt, choice.raw, choice.decision)
         stage.extra = {"scores": choice.scores, "valid": choice.valid}
-        stage.seconds = time.perf_counter() - began
+        stage.seconds, stage.tokens = time.perf_counter() - began, choice.tokens
         return ranked, stage
 
     def execute(
@@ -212,6 +220,8 @@ class LLMCRS(CRSModel):
                 "expert's words + a checked sentence" if added else "expert's words",
             )
             stage.extra = {"refused": refused} if refused else {}
+        usage = self.llm.last_usage
+        stage.tokens = usage.prompt_tokens + usage.completion_tokens
         stage.seconds = time.perf_counter() - began
         return text, stage
 
@@ -226,14 +236,13 @@ class LLMCRS(CRSModel):
         items = fresh_items(output.items, set(dialogue.mentioned_items()), self.config.top_k)
         if task.key != "recommend" and items and items[0].title not in text:
             text += f" Meanwhile, you might like {items[0].title}."  # every turn shows films
-        usage = self.llm.last_usage
+        stages = (detected, matched, executed, written)
         return Reply(
             text=text,
             items=items,
             recommends=task.key == "recommend",
-            trace=[s.step() for s in (detected, matched, executed, written)],
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
+            trace=[s.step() for s in stages],
+            prompt_tokens=sum(s.tokens for s in stages),  # read and written, every stage
         )
 
     # ------------------------------------------------------------------ helpers
@@ -288,9 +297,14 @@ class LLMCRS(CRSModel):
         return self.catalog[ranking[0].item_id] if ranking else None
 
     def _clause(self, raw: str, item: Item | None, dialogue: Dialogue) -> tuple[str, str]:
+        """The LLM's added sentence if it passes llm-zero-shot's fact check and speaks to the
+        user (a small model tends to narrate the prompt: "The user's request is ...")."""
         if item is None or not raw.strip():
             return "", "nothing to check against" if raw.strip() else ""
-        return checked_clause(raw, item, dialogue)
+        sentence, refused = checked_clause(raw, item, dialogue)
+        if sentence and _NARRATES.search(sentence):
+            return "", "talks about the user or the task instead of to the user"
+        return sentence, refused
 
     def _count(self, choice: Choice, stage: str) -> None:
         if not choice.valid:

@@ -44,7 +44,12 @@ def schema_text(task: SubTask) -> str:
     return json.dumps({"name": task.name, "arguments": task.arguments, "output": task.output})
 
 
-def context_text(dialogue: Dialogue, cfg: LLMCRSConfig) -> str:
+NULL_CONTEXT = "N/A"  # the content-free context of contextual calibration
+
+
+def context_text(dialogue: Dialogue | None, cfg: LLMCRSConfig) -> str:
+    if dialogue is None:
+        return NULL_CONTEXT
     return dialogue.as_text(last_n=cfg.context_turns) or "(the dialogue has not started)"
 
 
@@ -72,9 +77,9 @@ def draw_demos(dialogues: Sequence[Dialogue], k: int, seed: int, turns: int = 2)
     return demos
 
 
-def detection_prompt(dialogue: Dialogue, demos: Sequence[Demo], cfg: LLMCRSConfig) -> str:
+def detection_prompt(dialogue: Dialogue | None, demos: Sequence[Demo], cfg: LLMCRSConfig) -> str:
     """§3.1's prompt: the sub-task list, its schema (w/o SI drops it), demonstrations (w/o DI
-    has none) and the dialogue context, ending with the answer lead."""
+    has none) and the dialogue context (None: the content-free one), ending with the lead."""
     names = ", ".join(task.name for task in SUBTASKS)
     parts = [
         "The AI assistant should analyze the dialogue context to detect which sub-task should be "
@@ -97,13 +102,14 @@ def detection_prompt(dialogue: Dialogue, demos: Sequence[Demo], cfg: LLMCRSConfi
     return "\n\n".join(parts) + f"\n{DETECT_LEAD}"
 
 
-def matching_prompt(task: SubTask, experts: Sequence[tuple[str, str]]) -> str:
-    """§3.2's prompt: the sub-task goal and the [ID, description] list of its experts."""
+def matching_prompt(task: SubTask | None, experts: Sequence[tuple[str, str]]) -> str:
+    """§3.2's prompt: the sub-task goal (None: the content-free one) and the [ID, description]
+    list of its experts."""
     listing = "\n".join(f"[{expert_id}, {description}]" for expert_id, description in experts)
     return (
         "The AI assistant should select the most appropriate expert model to process the sub-task "
         "based on the sub-task goal and expert model description. The sub-task goal is to "
-        f"{task.goal}. The list of expert models is:\n{listing}\nPlease select one expert model. "
+        f"{task.goal if task else NULL_CONTEXT}. The list of expert models is:\n{listing}\nPlease select one expert model. "
         "The expert model MUST be selected from the above list and represented by the ID."
         f"\n{MATCH_LEAD}"
     )
