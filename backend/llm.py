@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import importlib.util
 import logging
@@ -664,48 +663,15 @@ class LocalLLM(LLM):
         ]
 
     def score_options(self, prompt: str, continuations: Sequence[str]) -> list[float]:
-        """`score` of each continuation, the shared tokens read once: their KV cache is copied
-        for each continuation's own few tokens (a prompt of 500 tokens and 4 options costs one
-        forward pass instead of four)."""
-        if not prompt:
-            raise ValueError("score_options() needs a non-empty prompt")
-        encoded = [self.tokenizer(prompt + c, return_offsets_mapping=True) for c in continuations]
-        rows = [e["input_ids"] for e in encoded]
-        if not rows:
+        """`score` of each continuation, the prompt read once (`option_logprobs`)."""
+        if not continuations:
             return []
-        shared = 0  # the longest token prefix every row has
-        while all(len(r) > shared + 1 for r in rows) and len({r[shared] for r in rows}) == 1:
-            shared += 1
-        shared = max(shared, 1)
         with self._lock:
             start = time.perf_counter()
             with torch.inference_mode():
-                head = self.model(
-                    input_ids=torch.tensor([rows[0][:shared]], device=self.device), use_cache=True
-                )
-                head_logprobs = torch.log_softmax(head.logits[0].float(), dim=-1)
-                scores = []
-                for ids, enc in zip(rows, encoded, strict=True):
-                    logprobs = head_logprobs
-                    if len(ids) > shared:
-                        tail = self.model(
-                            input_ids=torch.tensor([ids[shared:]], device=self.device),
-                            past_key_values=copy.deepcopy(head.past_key_values),
-                            use_cache=True,
-                        )
-                        tail_logprobs = torch.log_softmax(tail.logits[0].float(), dim=-1)
-                        logprobs = torch.cat([head_logprobs, tail_logprobs])
-                    # Position j - 1 predicts token j; only the continuation's tokens count.
-                    scores.append(
-                        sum(
-                            float(logprobs[j - 1, ids[j]])
-                            for j in range(1, len(ids))
-                            if enc["offset_mapping"][j][0] >= len(prompt)
-                        )
-                    )
-            tokens = shared + sum(len(r) - shared for r in rows)
+                scores, tokens = option_logprobs(self.model, self.tokenizer, prompt, continuations)
             self.last_usage = Usage(prompt_tokens=tokens, seconds=time.perf_counter() - start)
-        return scores
+        return scores.tolist()
 
     def embed(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
         """Mean of the last hidden state over each text's tokens, L2-normalised (float32)."""
@@ -740,6 +706,58 @@ class LocalLLM(LLM):
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text``, without special tokens."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def option_logprobs(
+    model: Any, tokenizer: Any, prompt: str, continuations: Sequence[str]
+) -> tuple[torch.Tensor, int]:
+    """The summed log-probability of each continuation's tokens after ``prompt`` (one value
+    per continuation, differentiable outside inference mode) and the tokens read.
+
+    The token prefix all the texts share is read once and its KV cache serves every
+    continuation's own tokens as one batch: a 500-token prompt with 4 options costs one pass.
+    Texts are tokenised whole and the tokens starting at or after ``len(prompt)`` count, as in
+    `LLM.token_logprobs`.
+    """
+    if not prompt:
+        raise ValueError("option_logprobs() needs a non-empty prompt")
+    encoded = [tokenizer(prompt + c, return_offsets_mapping=True) for c in continuations]
+    rows = [list(e["input_ids"]) for e in encoded]
+    counted = [
+        [j for j in range(1, len(r)) if e["offset_mapping"][j][0] >= len(prompt)]
+        for r, e in zip(rows, encoded, strict=True)
+    ]
+    shared = 0  # the longest token prefix every row has, leaving each at least one token
+    while all(len(r) > shared + 1 for r in rows) and len({r[shared] for r in rows}) == 1:
+        shared += 1
+    shared = max(shared, 1)
+    first = min([j for js in counted for j in js], default=shared)  # first position that counts
+    device = next(model.parameters()).device
+    head = model(input_ids=torch.tensor([rows[0][:shared]], device=device), use_cache=True)
+    # Only the positions that predict a counted token need the vocabulary's log-softmax.
+    head_lp = torch.log_softmax(head.logits[0, first - 1 :].float(), dim=-1)
+    tails = [r[shared:] for r in rows]
+    width = max(len(t) for t in tails)
+    tail_lp = None
+    if width:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        cache = head.past_key_values
+        cache.batch_repeat_interleave(len(rows))
+        ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=device)
+        mask = torch.tensor(
+            [[1] * (shared + len(t)) + [0] * (width - len(t)) for t in tails], device=device
+        )
+        tail = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        tail_lp = torch.log_softmax(tail.logits.float(), dim=-1)
+    scores = []
+    for n, (row, js) in enumerate(zip(rows, counted, strict=True)):
+        # Position j - 1 predicts token j.
+        picked = [
+            head_lp[j - first, row[j]] if j - 1 < shared else tail_lp[n, j - 1 - shared, row[j]]
+            for j in js
+        ]
+        scores.append(torch.stack(picked).sum() if picked else head_lp.new_zeros(()))
+    return torch.stack(scores), shared + sum(len(t) for t in tails)
 
 
 def with_lora(model: Any, r: int, alpha: int, dropout: float) -> Any:
