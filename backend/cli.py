@@ -226,6 +226,48 @@ def train_retrieval_pop_cmd(
     )
 
 
+@train_app.command("llmcrs")
+def train_llmcrs_cmd(
+    dataset: DatasetArg = "llm-redial",
+    data_dir: DataDirOpt = None,
+    max_steps: Annotated[int, typer.Option(help="Optimizer steps of the warm start.")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Labelled turns per step.")] = 4,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate of the LoRA weights.")] = 2e-4,
+    eval_every: Annotated[int, typer.Option(help="Steps between dev evaluations.")] = 50,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Adapter folder (default CRS_HOME/checkpoints/llmcrs/<dataset>)."),
+    ] = None,
+    skip_existing: SkipExistingOpt = False,
+    set_: SetOpt = None,
+) -> None:
+    """Warm-start LLMCRS's sub-task detection (LoRA) on labelled turns; resumable, keeps the best dev adapter."""
+    from backend.models.llmcrs.config import LLMCRSConfig, default_adapter
+    from backend.models.llmcrs.trainer import TrainSettings, train_llmcrs
+
+    if skip_existing and already_trained(
+        "llmcrs", out or default_adapter(dataset), "adapter_config.json"
+    ):
+        return
+    try:
+        config = LLMCRSConfig(**parse_overrides(set_))
+        settings = TrainSettings(
+            steps=max_steps, batch_size=batch_size, lr=lr, eval_every=eval_every
+        )
+    except (TypeError, ValueError) as err:
+        fail(err)
+    ds = load_or_fail(dataset, data_dir)
+    try:
+        path = train_llmcrs(ds, config, settings, out)
+    except ValueError as err:  # no labelled turns
+        fail(err)
+    metrics = json.loads((path / "metrics.json").read_text())
+    console.print(
+        f"saved to {path}: dev detection accuracy {metrics['best_dev_accuracy']:.3f} at step "
+        f"{metrics['best_step']} (majority class {metrics['dev_majority_baseline']:.3f})"
+    )
+
+
 @train_app.command("llm-rec")
 def train_llm_rec_cmd(
     dataset: DatasetArg = "redial",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import backend.models.llmcrs.model as llmcrs_model
@@ -34,6 +36,9 @@ class Script(ChatOnlyLLM):
         self.prompts.append(prompt)
         # The context-free prior is 0, so the table alone decides.
         return 0.0 if "N/A" in prompt else self.table.get(continuation.strip(), 0.0)
+
+
+POPULAR = {"experts": "popularity", "single_expert": "popularity"}
 
 
 def llmcrs(dataset, llm, monkeypatch, **config):
@@ -213,3 +218,83 @@ def test_the_local_reply_keeps_the_experts_words_and_only_a_checked_sentence(
     reply = model.respond(ask("A crime film, please."))
     assert "user's request" not in reply.text and reply.items[0].title in reply.text
     assert "talks about the user" in reply.trace[3].output["refused"]
+
+
+def labelled_dataset():
+    """The tiny catalog with dialogues whose system turns cover the four sub-tasks."""
+    from tests.conftest import make_dataset
+
+    dataset = make_dataset()
+    turns = [
+        Turn(role="user", text="Hi, any movies?"),
+        Turn(role="system", text="What kind of movie do you like?"),
+        Turn(role="user", text="Crime."),
+        Turn(role="system", text="Try Heat (1995).", items=["1"]),
+        Turn(role="user", text="Who directed it?"),
+        Turn(role="system", text="Michael Mann."),
+        Turn(role="user", text="Cool."),
+        Turn(role="system", text="It's a great heist film."),
+    ]
+    dialogues = [Dialogue(id=f"t{n}", turns=turns) for n in range(3)]
+    dataset.splits = {"train": dialogues, "dev": dialogues[:1]}
+    return dataset
+
+
+def test_the_detection_warm_start_resumes_to_the_same_adapter(tiny_llm_dir, tmp_path):
+    """A run stopped after step 2 and started again ends where an unbroken run does."""
+    import torch
+    from safetensors.torch import load_file
+
+    import backend.models.llmcrs.trainer as trainer
+    from backend.models.llmcrs.config import LLMCRSConfig
+
+    dataset = labelled_dataset()
+    dataset.splits.pop("dev")  # no dev turns: the last adapter is kept
+    cfg = LLMCRSConfig(llm=str(tiny_llm_dir), device="cpu", demos=2)
+    settings = trainer.TrainSettings(steps=4, batch_size=2, lr=1e-2, eval_every=4, save_every=2)
+    whole = trainer.train_llmcrs(dataset, cfg, settings, tmp_path / "whole")
+
+    class Stop(Exception):
+        pass
+
+    scores, calls = trainer.Detector.scores, []
+
+    def stop_in_step_three(self, context):
+        calls.append(1)
+        if len(calls) > 2 * settings.batch_size:  # two steps of two turns each
+            raise Stop
+        return scores(self, context)
+
+    trainer.Detector.scores = stop_in_step_three
+    try:
+        with pytest.raises(Stop):
+            trainer.train_llmcrs(dataset, cfg, settings, tmp_path / "resumed")
+    finally:
+        trainer.Detector.scores = scores
+    assert (tmp_path / "resumed" / "train_state.pt").is_file()
+    resumed = trainer.train_llmcrs(dataset, cfg, settings, tmp_path / "resumed")
+    metrics = json.loads((resumed / "metrics.json").read_text())
+    assert len(metrics["loss"]) == 4 and metrics["best_step"] == 4
+    a = load_file(whole / "adapter_model.safetensors")
+    b = load_file(resumed / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k]) for k in a)
+    assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # it did train
+    assert not (resumed / "train_state.pt").exists()
+
+
+def test_a_trained_adapter_is_loaded_and_scores_uncalibrated(tiny_llm_dir, tmp_path, monkeypatch):
+    from backend.models.llmcrs.config import LLMCRSConfig
+    from backend.models.llmcrs.trainer import TrainSettings, train_llmcrs
+
+    dataset = labelled_dataset()
+    cfg = LLMCRSConfig(llm=str(tiny_llm_dir), device="cpu", demos=2)
+    path = train_llmcrs(dataset, cfg, TrainSettings(steps=1, batch_size=2, eval_every=1))
+    assert path.name == dataset.name
+    model = create_model(
+        "llmcrs", dataset, {"llm": str(tiny_llm_dir), "device": "cpu", "demos": 2, **POPULAR}
+    )
+    assert model.adapter == path and not model.calibrate
+    reply = model.respond(ask("Any crime films?"))
+    assert len(reply.trace) == 4 and reply.prompt_tokens > 0
+    with pytest.raises(FileNotFoundError, match="crs train llmcrs --dataset tiny"):
+        create_model("llmcrs", dataset, {"adapter": str(tmp_path / "nowhere"), **POPULAR})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from backend.registry import ModelConfig
+from backend.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,14 @@ CHOICES = ("auto", "score", "json")
 class LLMCRSConfig(ModelConfig):
     llm: str = ""  # empty = CRS_LLM (the bundled SmolLM2-135M-Instruct)
     base_url: str = ""  # an OpenAI-compatible endpoint; empty = CRS_LLM_BASE_URL or local
-    device: str = "auto"  # for the experts this model loads itself
+    device: str = "auto"  # for the local LLM
+    # The detection warm start's LoRA (`crs train llmcrs`): a folder; empty = CRS_HOME/checkpoints/
+    # llmcrs/<trained_on or dataset> when it exists; "none" = the plain LLM.
+    adapter: str = ""
+    trained_on: str = ""
+    # Take off each option's score under a content-free context (the untrained model); a trained
+    # adapter scores the options as it was trained, uncalibrated.
+    calibrate: bool = True
     # How a decision is read: score = each allowed option's likelihood (the local model); json =
     # parse the answer (an endpoint); auto = json with an endpoint, score otherwise.
     choice: str = "auto"
@@ -85,3 +94,8 @@ class LLMCRSConfig(ModelConfig):
             raise ValueError(f"llmcrs: default_subtask must be one of {', '.join(SUBTASK)}")
         if self.demos < 0:
             raise ValueError("llmcrs: demos must be >= 0")
+
+
+def default_adapter(dataset_name: str) -> Path:
+    """Where `crs train llmcrs --dataset NAME` keeps its adapter."""
+    return get_settings().checkpoints / "llmcrs" / dataset_name

@@ -18,12 +18,13 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from backend.llm import GenerationConfig, get_llm
 from backend.models.llm_zero_shot import LLMZeroShot, LLMZeroShotConfig, checked_clause
 from backend.models.llmcrs.choice import Choice, Chooser
-from backend.models.llmcrs.config import SUBTASK, SUBTASKS, LLMCRSConfig, SubTask
+from backend.models.llmcrs.config import SUBTASK, SUBTASKS, LLMCRSConfig, SubTask, default_adapter
 from backend.models.llmcrs.experts import (
     BUILTIN,
     CATALOG,
@@ -80,8 +81,10 @@ class LLMCRS(CRSModel):
     def __init__(self, dataset, config: LLMCRSConfig | None = None):
         super().__init__(dataset, config)
         cfg = self.config
-        self.llm = get_llm(cfg.llm or None, base_url=cfg.base_url or None)
+        self.adapter = self._adapter(dataset.name)
+        self.llm = get_llm(cfg.llm or None, base_url=cfg.base_url or None, adapter=self.adapter)
         remote = bool(getattr(self.llm, "base_url", None))
+        self.calibrate = cfg.calibrate and self.adapter is None
         mode = cfg.choice if cfg.choice != "auto" else ("json" if remote else "score")
         self.chooser = Chooser(self.llm, mode)
         self.free_response = remote  # an endpoint writes the reply; the local model is grounded
@@ -90,7 +93,23 @@ class LLMCRS(CRSModel):
         self.demos = draw_demos(dataset.splits.get("train", []), cfg.demos, cfg.seed)
         self.counts: Counter[str] = Counter()  # invalid answers, experts that could not run
         self._alone: LLMZeroShot | None = None  # "w/o E": the LLM over retrieved candidates
-        self.version = f"{self.llm.name} ({mode})"
+        trained = f", detection trained: {self.adapter.name}" if self.adapter else ""
+        self.version = f"{self.llm.name} ({mode}{trained})"
+
+    def _adapter(self, dataset_name: str) -> Path | None:
+        """The detection warm start's adapter, if there is one (see `LLMCRSConfig.adapter`)."""
+        cfg = self.config
+        if cfg.adapter == "none" or (cfg.base_url and not cfg.adapter):
+            return None
+        path = Path(cfg.adapter) if cfg.adapter else default_adapter(cfg.trained_on or dataset_name)
+        if (path / "adapter_config.json").is_file():
+            return path
+        if cfg.adapter:
+            raise FileNotFoundError(
+                f"no llmcrs adapter at {path}; train one with `crs train llmcrs --dataset "
+                f"{cfg.trained_on or dataset_name}`"
+            )
+        return None
 
     def use_peers(self, peers: Peers) -> None:
         self.experts.peers = peers
@@ -104,7 +123,7 @@ class LLMCRS(CRSModel):
             return SUBTASK["recommend"], Stage("1 sub-task detection", decision="Recommendation")
         prompt = detection_prompt(dialogue, self.demos, self.config)
         options = {task.key: task.name for task in SUBTASKS}
-        null = detection_prompt(None, self.demos, self.config)
+        null = detection_prompt(None, self.demos, self.config) if self.calibrate else ""
         choice = self.chooser.choose(
             prompt, DETECT_LEAD, options, self.config.default_subtask, null_prompt=null
         )
@@ -131,7 +150,7 @@ class LLMCRS(CRSModel):
             stage = Stage("2 model matching", prompt, "the only expert", experts[0][0])
             return experts, stage
         options = {expert_id: expert_id for expert_id, _ in experts}
-        null = matching_prompt(None, experts)
+        null = matching_prompt(None, experts) if self.calibrate else ""
         choice = self.chooser.choose(prompt, MATCH_LEAD, options, experts[0][0], null_prompt=null)
         self._count(choice, "matching")
         scores = choice.scores or {choice.decision: 0.0}
