@@ -741,13 +741,13 @@ def option_logprobs(
     tail_lp = None
     if width:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        cache = head.past_key_values
+        cache = head.cache
         cache.batch_repeat_interleave(len(rows))
         ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=device)
         mask = torch.tensor(
             [[1] * (shared + len(t)) + [0] * (width - len(t)) for t in tails], device=device
         )
-        tail = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        tail = model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
         tail_lp = torch.log_softmax(tail.logits.float(), dim=-1)
     scores = []
     for n, (row, js) in enumerate(zip(rows, counted, strict=True)):
