@@ -298,3 +298,30 @@ def test_a_trained_adapter_is_loaded_and_scores_uncalibrated(tiny_llm_dir, tmp_p
     assert len(reply.trace) == 4 and reply.prompt_tokens > 0
     with pytest.raises(FileNotFoundError, match="crs train llmcrs --dataset tiny"):
         create_model("llmcrs", dataset, {"adapter": str(tmp_path / "nowhere"), **POPULAR})
+
+
+def test_served_it_matches_among_and_calls_the_servers_ready_models(tiny_dataset, monkeypatch):
+    """With the server's peers, the experts are the served, ready models, answered there."""
+
+    class Host:
+        def __init__(self):
+            self.calls = []
+
+        def ready_models(self):
+            return ["popularity"]
+
+        def respond(self, name, dialogue, history):
+            self.calls.append(name)
+            return Reply(
+                text="",
+                items=[ScoredItem(item_id="3", score=1.0, title="The Usual Suspects (1995)")],
+            )
+
+    host = Host()
+    llm = Script('{"name": "Recommendation"}', "Enjoy.")
+    model = llmcrs(tiny_dataset, llm, monkeypatch, choice="json", experts="")
+    model.use_peers(host)
+    reply = model.respond(ask("A twisty crime film?"))
+    assert host.calls == ["popularity"] and reply.items[0].item_id == "3"
+    assert reply.trace[1].name == "2 model matching → popularity"  # the only one served
+    assert reply.trace[2].input["recommender"] == "popularity (served)"

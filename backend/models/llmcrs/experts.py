@@ -91,6 +91,12 @@ class ExpertPool:
         self._failed: dict[str, str] = {}
         self._loader = loader or (lambda name: create_model(name, dataset))
 
+    def can_run(self, name: str) -> bool:
+        """Served: the server has it ready (no copies are loaded here); else it has not failed."""
+        if self.peers is not None:
+            return name in self.peers.ready_models()
+        return name not in self._failed
+
     def unavailable(self, name: str) -> str:
         """Why expert ``name`` cannot run ("" when it can, as far as is known)."""
         return self._failed.get(name, "")

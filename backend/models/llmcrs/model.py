@@ -137,7 +137,7 @@ class LLMCRS(CRSModel):
         """§3.2: the experts for ``task``, best first (the LLM's pick, then the rest by score)."""
         began = time.perf_counter()
         if task.key == "recommend":
-            experts = self.recommenders
+            experts = [e for e in self.recommenders if self.experts.can_run(e[0])]
             if not self.config.manage:  # w/o M: one expert, always
                 experts = [e for e in experts if e[0] == self.config.single_expert]
         else:
@@ -279,7 +279,9 @@ class LLMCRS(CRSModel):
         if not self.config.use_experts:  # w/o E: the LLM alone over retrieved candidates
             return self._llm_alone().respond(dialogue, history).items, "the LLM alone", "here"
         order = [e[0] for e in experts] if task.key == "recommend" else []
-        order += [self.config.single_expert] + [e[0] for e in self.recommenders]
+        order += [self.config.single_expert] + [
+            e[0] for e in self.recommenders if self.experts.can_run(e[0])
+        ]
         for name in dict.fromkeys(order):
             if self.experts.unavailable(name):
                 skipped[name] = self.experts.unavailable(name)
