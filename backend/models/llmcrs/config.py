@@ -84,7 +84,10 @@ class LLMCRSConfig(ModelConfig):
     candidates: int = 50
     # Response generation (§3.4) from the structured summary; off = "w/o SG" (raw expert output).
     summary: bool = True
-    context_turns: int = 6  # dialogue turns in each prompt (a 135M model reads short prompts)
+    # Dialogue turns in each prompt, each cut to turn_chars: a 135M model on CPU reads short
+    # prompts (the paper's source cap is 512 tokens).
+    context_turns: int = 3
+    turn_chars: int = 160
     max_new_tokens: int = 40
 
     def __post_init__(self) -> None:

@@ -47,13 +47,26 @@ def schema_text(task: SubTask) -> str:
 NULL_CONTEXT = "N/A"  # the content-free context of contextual calibration
 
 
+def turns_text(dialogue: Dialogue, turns: int, chars: int) -> str:
+    """The last ``turns`` turns as "User: ..." lines, each cut to ``chars`` at a word."""
+    lines = []
+    for turn in dialogue.turns[-turns:]:
+        text = turn.text if len(turn.text) <= chars else turn.text[:chars].rsplit(" ", 1)[0] + " …"
+        lines.append(f"{'System' if turn.role == 'system' else 'User'}: {text}")
+    return "\n".join(lines)
+
+
 def context_text(dialogue: Dialogue | None, cfg: LLMCRSConfig) -> str:
     if dialogue is None:
         return NULL_CONTEXT
-    return dialogue.as_text(last_n=cfg.context_turns) or "(the dialogue has not started)"
+    return (
+        turns_text(dialogue, cfg.context_turns, cfg.turn_chars) or "(the dialogue has not started)"
+    )
 
 
-def draw_demos(dialogues: Sequence[Dialogue], k: int, seed: int, turns: int = 2) -> list[Demo]:
+def draw_demos(
+    dialogues: Sequence[Dialogue], k: int, seed: int, turns: int = 1, chars: int = 120
+) -> list[Demo]:
     """k demonstrations from training dialogues, labelled by the silver rules, the sub-tasks
     taken in turn so that each is shown; the built-in ones when no dialogue gives any."""
     if k <= 0:
@@ -63,8 +76,8 @@ def draw_demos(dialogues: Sequence[Dialogue], k: int, seed: int, turns: int = 2)
         for i in range(1, len(dialogue.turns)):
             task = silver_subtask(dialogue, i)
             if task is not None:
-                context = dialogue.prefix(i).as_text(last_n=turns)
-                found[task].append(Demo(context[-300:], task))
+                context = turns_text(dialogue.prefix(i), turns, chars)
+                found[task].append(Demo(context, task))
     if not any(found.values()):
         return list(BUILTIN_DEMOS[:k])
     rng = random.Random(seed)
