@@ -90,12 +90,13 @@ def test_no_default_model_brings_back_what_the_dialogue_already_named(served):
 
 @pytest.mark.timeout(600)
 def test_the_default_models_answer_the_horror_request_with_horror_films(served):
-    """Issue 14's bar for PECRS in the demo (retrieval's too): the film the reply names and most
-    of the five shown are horror films (MovieLens genres)."""
+    """Issue 14's bar for PECRS in the demo (and the bar the other request-reading models meet):
+    the film the reply names and most of the five shown are horror films (MovieLens genres)."""
     client, models = served
     catalog = client.app.state.host.dataset.catalog
     horror = next(e for e in readme_examples() if "horror" in e)
-    for model in ("pecrs", "retrieval", "llm-zero-shot"):
+    served = {m["name"] for m in models}
+    for model in [m for m in ("pecrs", "retrieval", "llm-zero-shot") if m in served]:
         reply, _ = ask(client, model, horror)
         shown = [catalog[i["item_id"]] for i in reply["items"][:5]]
         assert "Horror" in shown[0].genres and shown[0].display_title in reply["text"], reply
