@@ -31,6 +31,7 @@ from backend.models.llmcrs.prompts import Demo, detection_prompt, draw_demos
 from backend.progress import ProgressBar
 from backend.registry import save_run_files
 from backend.settings import get_settings
+from backend.train.resume import restore_training_state, save_training_state
 from backend.types import Dialogue
 
 log = logging.getLogger(__name__)
@@ -150,37 +151,13 @@ def train_llmcrs(
     rng = random.Random(cfg.seed)
     resume = out_dir / "train_state.pt"
     run_config = {"model": asdict(cfg), "train": asdict(settings), "dataset": dataset.name}
-    if resume.is_file():
-        saved = torch.load(resume, map_location="cpu", weights_only=False)
-        if saved["config"] == run_config:
-            named = dict(model.named_parameters())
-            with torch.no_grad():
-                for name, value in saved["weights"].items():
-                    named[name].copy_(value)
-            optimizer.load_state_dict(saved["optimizer"])
-            rng.setstate(saved["rng"])
-            torch.set_rng_state(saved["torch_rng"])
-            state = RunState(**saved["state"])
-            log.info("llmcrs: resuming at step %d of %d", state.step, settings.steps)
-        else:
-            log.warning(
-                "llmcrs: %s belongs to another run (settings differ); starting over", resume
-            )
+    restored = restore_training_state(resume, model, optimizer, rng, run_config)
+    if restored is not None:
+        state = RunState(**restored)
+        log.info("llmcrs: resuming at step %d of %d", state.step, settings.steps)
 
     def save_state() -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        blob = {
-            "config": run_config,
-            "weights": {
-                n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad
-            },
-            "optimizer": optimizer.state_dict(),
-            "rng": rng.getstate(),
-            "torch_rng": torch.get_rng_state(),
-            "state": asdict(state),
-        }
-        torch.save(blob, resume.with_suffix(".tmp"))
-        resume.with_suffix(".tmp").replace(resume)
+        save_training_state(resume, model, optimizer, rng, asdict(state), run_config)
 
     def evaluate() -> None:
         result = detector.accuracy(dev) if dev else {"accuracy": 0.0, "n": 0}
