@@ -230,10 +230,17 @@ class LLM(ABC):
         """Sum of the log-probabilities of ``continuation``'s tokens given ``prompt``."""
         return float(sum(t.logprob for t in self.token_logprobs(prompt, continuation)))
 
-    def score_options(self, prompt: str, continuations: Sequence[str]) -> list[float]:
-        """`score` of each continuation after the same ``prompt``; local models read the prompt
-        once for all of them."""
-        return [self.score(prompt, c) for c in continuations]
+    def score_options(
+        self, prompt: str, continuations: Sequence[str], mean: bool = False
+    ) -> list[float]:
+        """`score` of each continuation after the same ``prompt`` (``mean``: per token, so that
+        long options are not penalised for their length); local models read the prompt once."""
+        scores = []
+        for continuation in continuations:
+            logprobs = [t.logprob for t in self.token_logprobs(prompt, continuation)]
+            total = float(sum(logprobs))
+            scores.append(total / max(len(logprobs), 1) if mean else total)
+        return scores
 
 
 def best_device(pref: str = "auto") -> torch.device:
@@ -662,14 +669,19 @@ class LocalLLM(LLM):
             )
         ]
 
-    def score_options(self, prompt: str, continuations: Sequence[str]) -> list[float]:
-        """`score` of each continuation, the prompt read once (`option_logprobs`)."""
+    def score_options(
+        self, prompt: str, continuations: Sequence[str], mean: bool = False
+    ) -> list[float]:
+        """`score` of each continuation (``mean``: per token), the prompt read once
+        (`option_logprobs`)."""
         if not continuations:
             return []
         with self._lock:
             start = time.perf_counter()
             with torch.inference_mode():
-                scores, tokens = option_logprobs(self.model, self.tokenizer, prompt, continuations)
+                scores, tokens = option_logprobs(
+                    self.model, self.tokenizer, prompt, continuations, mean
+                )
             self.last_usage = Usage(prompt_tokens=tokens, seconds=time.perf_counter() - start)
         return scores.tolist()
 
@@ -709,10 +721,11 @@ class LocalLLM(LLM):
 
 
 def option_logprobs(
-    model: Any, tokenizer: Any, prompt: str, continuations: Sequence[str]
+    model: Any, tokenizer: Any, prompt: str, continuations: Sequence[str], mean: bool = False
 ) -> tuple[torch.Tensor, int]:
-    """The summed log-probability of each continuation's tokens after ``prompt`` (one value
-    per continuation, differentiable outside inference mode) and the tokens read.
+    """The summed (``mean``: per-token) log-probability of each continuation's tokens after
+    ``prompt`` (one value per continuation, differentiable outside inference mode) and the
+    tokens read.
 
     The token prefix all the texts share is read once and its KV cache serves every
     continuation's own tokens as one batch: a 500-token prompt with 4 options costs one pass.
@@ -756,7 +769,8 @@ def option_logprobs(
             head_lp[j - first, row[j]] if j - 1 < shared else tail_lp[n, j - 1 - shared, row[j]]
             for j in js
         ]
-        scores.append(torch.stack(picked).sum() if picked else head_lp.new_zeros(()))
+        total = torch.stack(picked).sum() if picked else head_lp.new_zeros(())
+        scores.append(total / max(len(picked), 1) if mean else total)
     return torch.stack(scores), shared + sum(len(t) for t in tails)
 
 

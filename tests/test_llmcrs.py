@@ -32,10 +32,10 @@ class Script(ChatOnlyLLM):
         said = [self.lines.pop(0) if len(self.lines) > 1 else self.lines[0] for _ in conversations]
         return [p + s for p, s in zip(prefixes, said, strict=True)]
 
-    def score(self, prompt, continuation):
+    def score_options(self, prompt, continuations, mean=False):
         self.prompts.append(prompt)
         # The context-free prior is 0, so the table alone decides.
-        return 0.0 if "N/A" in prompt else self.table.get(continuation.strip(), 0.0)
+        return [0.0 if "N/A" in prompt else self.table.get(c.strip(), 0.0) for c in continuations]
 
 
 POPULAR = {"experts": "popularity", "single_expert": "popularity"}
@@ -193,10 +193,9 @@ def test_demonstrations_come_from_training_dialogues_one_sub_task_after_another(
 
 def test_scoring_subtracts_what_an_option_scores_without_context():
     class Prior(Script):
-        def score(self, prompt, continuation):
-            if "N/A" in prompt:
-                return {"A": 5.0}.get(continuation.strip(), 0.0)  # A is likely anyway
-            return {"A": 4.0, "B": 1.0}.get(continuation.strip(), 0.0)
+        def score_options(self, prompt, continuations, mean=False):
+            table = {"A": 5.0} if "N/A" in prompt else {"A": 4.0, "B": 1.0}  # A is likely anyway
+            return [table.get(c.strip(), 0.0) for c in continuations]
 
     options = {"a": "A", "b": "B"}
     choice = Chooser(Prior(""), "score").choose("Q\nLead:", "Lead:", options, "a", "N/A\nLead:")
@@ -325,3 +324,37 @@ def test_served_it_matches_among_and_calls_the_servers_ready_models(tiny_dataset
     assert host.calls == ["popularity"] and reply.items[0].item_id == "3"
     assert reply.trace[1].name == "2 model matching → popularity"  # the only one served
     assert reply.trace[2].input["recommender"] == "popularity (served)"
+
+
+def test_an_rlpf_step_moves_only_lora_and_steps_raise_the_expected_reward(tiny_llm_dir):
+    """REINFORCE (Eq. 5) on the tiny fixture: the base weights stay; recommending the gold film
+    pays (HIT), and the policy learns it."""
+    import random
+
+    import torch
+
+    from backend.llm import LocalLLM, with_lora
+    from backend.models.llmcrs.rlpf import Policy, RLPFRun, RLPFSettings, episodes, rlpf_step
+
+    torch.manual_seed(0)
+    dataset = labelled_dataset()
+    manager = create_model(
+        "llmcrs", dataset, {"llm": str(tiny_llm_dir), "device": "cpu", "demos": 2, **POPULAR}
+    )
+    base = LocalLLM(str(tiny_llm_dir), device="cpu")
+    model = with_lora(base.model, 4, 8, 0.0)
+    settings = RLPFSettings(lam=0.9)
+    policy = Policy(model, base.tokenizer, manager, settings)
+    fixture = episodes(dataset.splits["train"][:1])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    expected_before = sum(policy.expected_reward(e) for e in fixture) / len(fixture)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    run, rng = RLPFRun(), random.Random(0)
+    for step in range(30):
+        rlpf_step(policy, optimizer, fixture[step % len(fixture)], run, rng)
+    after = dict(model.named_parameters())
+    changed = {n for n, p in after.items() if not torch.equal(p.detach(), before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    expected_after = sum(policy.expected_reward(e) for e in fixture) / len(fixture)
+    assert expected_after > expected_before
+    assert len(run.rewards) == 30 and run.baseline is not None

@@ -61,9 +61,10 @@ def parse_answer(raw: str, options: Mapping[str, str]) -> str | None:
 class Chooser:
     """Asks one LLM to choose; caches the options' scores under a content-free prompt."""
 
-    def __init__(self, llm: LLM, mode: str):
+    def __init__(self, llm: LLM, mode: str, mean: bool = True):
         self.llm = llm
         self.mode = mode
+        self.mean = mean  # per-token scores
         self._prior: dict[tuple[str, tuple[str, ...]], list[float]] = {}
         self._lock = threading.Lock()
 
@@ -71,7 +72,7 @@ class Chooser:
         key = (null_prompt, tuple(continuations))
         with self._lock:
             if key not in self._prior:
-                self._prior[key] = self.llm.score_options(null_prompt, continuations)
+                self._prior[key] = self.llm.score_options(null_prompt, continuations, self.mean)
             return self._prior[key]
 
     def choose(
@@ -89,7 +90,7 @@ class Chooser:
         """
         if self.mode == "score":
             continuations = [f" {label}" for label in options.values()]
-            raw = self.llm.score_options(prompt, continuations)
+            raw = self.llm.score_options(prompt, continuations, self.mean)
             tokens = self.llm.last_usage.prompt_tokens
             prior = self.prior(null_prompt, continuations) if null_prompt else [0.0] * len(raw)
             scores = {k: r - p for k, r, p in zip(options, raw, prior, strict=True)}

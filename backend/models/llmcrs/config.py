@@ -66,6 +66,9 @@ class LLMCRSConfig(ModelConfig):
     # Take off each option's score under a content-free context (the untrained model); a trained
     # adapter scores the options as it was trained, uncalibrated.
     calibrate: bool = True
+    # An option's score is its mean token log-probability (a sum would favour short names and,
+    # for an untrained model, make the policy nearly deterministic); false: the sum.
+    length_norm: bool = True
     # How a decision is read: score = each allowed option's likelihood (the local model); json =
     # parse the answer (an endpoint); auto = json with an endpoint, score otherwise.
     choice: str = "auto"

@@ -14,6 +14,7 @@ decisions are parsed from its answers and it writes the reply from the summary.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import Counter
@@ -85,8 +86,11 @@ class LLMCRS(CRSModel):
         self.llm = get_llm(cfg.llm or None, base_url=cfg.base_url or None, adapter=self.adapter)
         remote = bool(getattr(self.llm, "base_url", None))
         self.calibrate = cfg.calibrate and self.adapter is None
+        if self.adapter is not None:  # options are scored as the adapter was trained to score them
+            trained = json.loads((self.adapter / "config.json").read_text())
+            cfg.length_norm = bool(trained.get("length_norm", False))
         mode = cfg.choice if cfg.choice != "auto" else ("json" if remote else "score")
-        self.chooser = Chooser(self.llm, mode)
+        self.chooser = Chooser(self.llm, mode, mean=cfg.length_norm)
         self.free_response = remote  # an endpoint writes the reply; the local model is grounded
         self.experts = ExpertPool(dataset)
         self.recommenders = recommendation_experts(cfg.experts, exclude=self.name)

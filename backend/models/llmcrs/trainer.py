@@ -92,7 +92,7 @@ class Detector:
     def scores(self, context: Dialogue) -> torch.Tensor:
         prompt = detection_prompt(context, self.demos, self.cfg)
         labels = [f" {task.name}" for task in SUBTASKS]
-        return option_logprobs(self.model, self.tokenizer, prompt, labels)[0]
+        return option_logprobs(self.model, self.tokenizer, prompt, labels, self.cfg.length_norm)[0]
 
     def accuracy(self, examples: list[tuple[Dialogue, str]]) -> dict[str, Any]:
         self.model.eval()
