@@ -230,42 +230,70 @@ def train_retrieval_pop_cmd(
 def train_llmcrs_cmd(
     dataset: DatasetArg = "llm-redial",
     data_dir: DataDirOpt = None,
-    max_steps: Annotated[int, typer.Option(help="Optimizer steps of the warm start.")] = 200,
-    batch_size: Annotated[int, typer.Option(help="Labelled turns per step.")] = 4,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate of the LoRA weights.")] = 2e-4,
+    stage: Annotated[
+        str,
+        typer.Option(
+            help="detection: the supervised warm start of sub-task detection; rlpf: REINFORCE "
+            "from CRS performance feedback (§4), from the warm start's adapter when there is one."
+        ),
+    ] = "detection",
+    max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Labelled turns per step (detection).")] = 4,
+    lr: Annotated[
+        float, typer.Option(help="Learning rate (default: 2e-4 detection, 5e-5 rlpf as §5).")
+    ] = 0.0,
+    lam: Annotated[float, typer.Option(help="λ of the RLPF reward λ·HIT + (1 − λ)·BLEU.")] = 0.5,
     eval_every: Annotated[int, typer.Option(help="Steps between dev evaluations.")] = 50,
     out: Annotated[
         Path | None,
-        typer.Option(help="Adapter folder (default CRS_HOME/checkpoints/llmcrs/<dataset>)."),
+        typer.Option(help="Adapter folder (default CRS_HOME/checkpoints/llmcrs/<dataset>[-rlpf])."),
     ] = None,
     skip_existing: SkipExistingOpt = False,
     set_: SetOpt = None,
 ) -> None:
-    """Warm-start LLMCRS's sub-task detection (LoRA) on labelled turns; resumable, keeps the best dev adapter."""
+    """Train LLMCRS's LLM (LoRA): the detection warm start, or RLPF; resumable."""
     from backend.models.llmcrs.config import LLMCRSConfig, default_adapter
+    from backend.models.llmcrs.rlpf import RLPFSettings, train_rlpf
     from backend.models.llmcrs.trainer import TrainSettings, train_llmcrs
 
-    if skip_existing and already_trained(
-        "llmcrs", out or default_adapter(dataset), "adapter_config.json"
-    ):
+    if stage not in ("detection", "rlpf"):
+        fail(f"--stage must be detection or rlpf, got {stage!r}")
+    suffix = "-rlpf" if stage == "rlpf" else ""
+    target = out or default_adapter(dataset + suffix)
+    if skip_existing and already_trained("llmcrs", target, "adapter_config.json"):
         return
     try:
-        config = LLMCRSConfig(**parse_overrides(set_))
-        settings = TrainSettings(
-            steps=max_steps, batch_size=batch_size, lr=lr, eval_every=eval_every
-        )
+        overrides = parse_overrides(set_)
+        config = LLMCRSConfig(**overrides)
     except (TypeError, ValueError) as err:
         fail(err)
     ds = load_or_fail(dataset, data_dir)
     try:
-        path = train_llmcrs(ds, config, settings, out)
+        if stage == "detection":
+            settings = TrainSettings(
+                steps=max_steps, batch_size=batch_size, lr=lr or 2e-4, eval_every=eval_every
+            )
+            path = train_llmcrs(ds, config, settings, target)
+        else:
+            from backend.models.llmcrs.model import LLMCRS
+
+            manager = LLMCRS(ds, config)
+            rl = RLPFSettings(steps=max_steps, lr=lr or 5e-5, lam=lam, eval_every=eval_every)
+            path = train_rlpf(ds, manager, rl, target)
     except ValueError as err:  # no labelled turns
         fail(err)
     metrics = json.loads((path / "metrics.json").read_text())
-    console.print(
-        f"saved to {path}: dev detection accuracy {metrics['best_dev_accuracy']:.3f} at step "
-        f"{metrics['best_step']} (majority class {metrics['dev_majority_baseline']:.3f})"
-    )
+    if stage == "detection":
+        console.print(
+            f"saved to {path}: dev detection accuracy {metrics['best_dev_accuracy']:.3f} at step "
+            f"{metrics['best_step']} (majority class {metrics['dev_majority_baseline']:.3f})"
+        )
+    else:
+        dev = metrics["dev"]
+        console.print(
+            f"saved to {path}: dev expected reward {dev[0]['expected_reward']:.4f} -> "
+            f"{dev[-1]['expected_reward']:.4f}; reward curve {path / 'reward_curve.html'}"
+        )
 
 
 @train_app.command("llm-rec")
