@@ -358,3 +358,29 @@ def test_an_rlpf_step_moves_only_lora_and_steps_raise_the_expected_reward(tiny_l
     expected_after = sum(policy.expected_reward(e) for e in fixture) / len(fixture)
     assert expected_after > expected_before
     assert len(run.rewards) == 30 and run.baseline is not None
+
+
+def test_the_rlpf_command_writes_the_adapter_and_the_reward_curve(
+    tiny_llm_dir, tmp_path, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    import backend.cli_common as common
+    from backend.cli import app
+
+    monkeypatch.setattr(common, "load_dataset", lambda name, data_dir=None: labelled_dataset())
+    out = tmp_path / "rlpf"
+    args = ["train", "llmcrs", "--dataset", "redial", "--stage", "rlpf", "--max-steps", "3"]
+    args += ["--eval-every", "3", "--out", str(out), "--set", f"llm={tiny_llm_dir}"]
+    args += ["--set", "device=cpu", "--set", "demos=2", "--set", "experts=popularity"]
+    args += ["--set", "single_expert=popularity"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "dev expected reward" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["rewards"]) == 3 and [d["step"] for d in metrics["dev"]] == [0, 3]
+    assert (out / "reward_curve.html").stat().st_size > 0 and (
+        out / "adapter_config.json"
+    ).is_file()
+    bad = CliRunner().invoke(app, ["train", "llmcrs", "--stage", "guess"])
+    assert bad.exit_code == 2 and "--stage must be detection or rlpf" in bad.output
