@@ -384,3 +384,39 @@ def test_the_rlpf_command_writes_the_adapter_and_the_reward_curve(
     ).is_file()
     bad = CliRunner().invoke(app, ["train", "llmcrs", "--stage", "guess"])
     assert bad.exit_code == 2 and "--stage must be detection or rlpf" in bad.output
+
+
+def test_inspired_strategies_map_to_sub_tasks_and_detection_is_scored_against_labels(
+    tiny_dataset, monkeypatch
+):
+    from backend.models.llmcrs.detection import detection_report
+    from backend.models.llmcrs.labels import inspired_subtask
+
+    turns = [
+        Turn(role="user", text="Hi"),
+        Turn(role="system", text="What movies do you like?"),
+        Turn(role="user", text="Crime."),
+        Turn(role="system", text="You should watch Heat (1995).", items=["1"]),
+        Turn(role="user", text="Is it good?"),
+        Turn(role="system", text="It won many awards."),
+        Turn(role="user", text="Ok"),
+        Turn(role="system", text="I loved it myself."),
+    ]
+    labels = [
+        [],
+        ["opinion_inquiry"],
+        [],
+        ["personal_opinion"],
+        [],
+        ["credibility"],
+        [],
+        ["personal_experience"],
+    ]
+    dialogue = Dialogue(id="i", turns=turns, meta={"labels": labels})
+    mapped = [inspired_subtask(dialogue, i) for i in (1, 3, 5, 7)]
+    assert mapped == ["elicit", "recommend", "detail", "explain"]
+    llm = Script(scores={"Recommendation": 1.0})  # always detects Recommendation
+    model = llmcrs(tiny_dataset, llm, monkeypatch, choice="score")
+    report = detection_report(model, [dialogue], inspired_subtask)
+    assert report["n"] == 4 and report["accuracy"] == 0.25 and report["majority_baseline"] == 0.25
+    assert report["confusion"]["elicit->recommend"] == 1

@@ -9,6 +9,12 @@ Silver rules, first match wins, for system turn i:
 4. a movie was already named and the turn gives a reason (because, since, it's, similar ...) ->
    Explanation;
 otherwise no sub-task (greetings, thanks, goodbyes), and the turn is left out.
+
+INSPIRED's recommender turns carry sociable strategy labels, not sub-tasks; `inspired_subtask`
+maps them (a new movie not asked about = Recommendation; an inquiry or a preference check =
+Elicitation; credibility about a named movie = Item Detail Search; an opinion, experience,
+similarity, encouragement or transparency about a named movie = Explanation), so agreement with
+it is a derived measure.
 """
 
 from __future__ import annotations
@@ -66,4 +72,40 @@ def gold_subtask(dialogue: Dialogue, i: int) -> str | None:
     for key in keys:
         if key in GOAL_SUBTASK:
             return GOAL_SUBTASK[key]
+    return None
+
+
+INQUIRY = {
+    "opinion_inquiry",
+    "experience_inquiry",
+    "rephrase_preference",
+    "preference_confirmation",
+}
+EXPLAINING = {
+    "personal_opinion",
+    "personal_experience",
+    "similarity",
+    "self_modeling",
+    "encouragement",
+    "transparency",
+}
+
+
+def inspired_subtask(dialogue: Dialogue, i: int) -> str | None:
+    """The sub-task INSPIRED's strategy labels of recommender turn ``i`` map to, or None."""
+    turn = dialogue.turns[i]
+    all_labels = dialogue.meta.get("labels") or []
+    if turn.role != "system" or i >= len(all_labels):
+        return None
+    labels = set(all_labels[i])
+    earlier = set(dialogue.prefix(i).mentioned_items())
+    new = any(item not in earlier for item in turn.items)
+    if new and not (labels & INQUIRY and "?" in turn.text):
+        return "recommend"
+    if labels & INQUIRY:
+        return "elicit"
+    if earlier and "credibility" in labels:
+        return "detail"
+    if earlier and labels & EXPLAINING:
+        return "explain"
     return None
