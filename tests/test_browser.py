@@ -275,3 +275,33 @@ def test_new_round_clicked_as_a_message_goes_out_leaves_an_empty_round(page):
         page.locator("#arena-new").click()
         time.sleep(3)  # a round still streaming would have redrawn the panels by now
         assert "funny movie" not in " ".join(panels.all_inner_texts())
+
+
+def test_llmcrs_trace_panel_shows_its_four_stages(tmp_path, browser):
+    """Issue 16: LLMCRS's reply shows films, and its Trace panel the four stages as steps, the
+    recommender it ran being one the server had loaded."""
+    backend = {
+        "dataset": "movielens-100k",
+        "models": [{"name": "retrieval"}, {"name": "llmcrs"}],
+    }
+    with running_demo(tmp_path, backend) as (url, _):
+        page = open_page(browser, url)
+        page.wait_for_function(
+            "() => document.querySelector('#model-states')?.innerText.trim() === ''",
+            timeout=240_000,
+        )
+        model = page.locator("#chat-model input")
+        model.click()
+        page.get_by_role("option", name="llmcrs").click()
+        page.locator("#chat-input textarea").fill("Something funny for the whole family?")
+        page.locator("#chat-send").click()
+        page.locator("#chat-cards .crs-card").first.wait_for()
+        page.get_by_text("Trace", exact=True).click()
+        trace = page.locator("#chat-trace")
+        trace.get_by_text("4 response", exact=False).wait_for()
+        headings = trace.locator("h4").all_inner_texts()
+        stages = ["1 sub-task detection", "2 model matching", "3 execution", "4 response"]
+        assert [h.split(" → ")[0] for h in headings] == stages, headings
+        assert "retrieval (served)" in trace.inner_text()
+        _shot(page, "llmcrs-trace")
+        page.close()
