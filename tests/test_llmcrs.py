@@ -213,7 +213,7 @@ def test_the_local_reply_keeps_the_experts_words_and_only_a_checked_sentence(
 ):
     """The grounded path: the LLM's added sentence goes when it narrates the task."""
     llm = Script('{"name": "Recommendation"}', " The user's request is a crime film.")
-    model = llmcrs(tiny_dataset, llm, monkeypatch, choice="json")
+    model = llmcrs(tiny_dataset, llm, monkeypatch, choice="json", local_clause=True)
     reply = model.respond(ask("A crime film, please."))
     assert "user's request" not in reply.text and reply.items[0].title in reply.text
     assert "talks about the user" in reply.trace[3].output["refused"]
@@ -420,3 +420,13 @@ def test_inspired_strategies_map_to_sub_tasks_and_detection_is_scored_against_la
     report = detection_report(model, [dialogue], inspired_subtask)
     assert report["n"] == 4 and report["accuracy"] == 0.25 and report["majority_baseline"] == 0.25
     assert report["confusion"]["elicit->recommend"] == 1
+
+
+def test_explaining_before_any_movie_is_named_recommends_instead(tiny_dataset, monkeypatch):
+    """Explanation needs an item name (Table 1); with none in the dialogue the turn recommends."""
+    llm = Script("", scores={"Explanation": 3.0})
+    model = llmcrs(tiny_dataset, llm, monkeypatch, choice="score")
+    reply = model.respond(ask("Something exciting?"))
+    assert reply.trace[0].name.endswith("Explanation")
+    assert reply.recommends and reply.items[0].title in reply.text
+    assert reply.trace[2].output["fallback"] == "no movie named yet: recommended"

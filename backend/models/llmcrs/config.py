@@ -87,6 +87,9 @@ class LLMCRSConfig(ModelConfig):
     candidates: int = 50
     # Response generation (§3.4) from the structured summary; off = "w/o SG" (raw expert output).
     summary: bool = True
+    # The local 135M LLM adds a sentence to the expert's words (fact-checked); off by default: its
+    # sentences passed the checks and still said things the data does not ("a decade-long theme").
+    local_clause: bool = False
     # Dialogue turns in each prompt, each cut to turn_chars: a 135M model on CPU reads short
     # prompts (the paper's source cap is 512 tokens).
     context_turns: int = 3

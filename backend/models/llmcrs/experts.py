@@ -56,12 +56,14 @@ _ATTRIBUTE_WORDS = {
 
 @dataclass
 class ExpertOutput:
-    """What an expert returns: its text, a ranking, the item the text is about, its trace."""
+    """What an expert returns: its text, a ranking, the item the text is about, its trace, and
+    whether the text recommends."""
 
     text: str
     items: list[ScoredItem] = field(default_factory=list)
     focus: Item | None = None
     trace: list[TraceStep] = field(default_factory=list)
+    recommends: bool = False
 
 
 def recommendation_experts(selected: str, exclude: str) -> list[tuple[str, str]]:

@@ -177,13 +177,14 @@ class LLMCRS(CRSModel):
         stage = Stage("3 execution")
         skipped: dict[str, str] = {}
         ranking, used, where = self._rank(task, experts, dialogue, history, skipped)
-        focus = self._focus(dialogue, ranking)
+        focus = self._focus(dialogue)
         if task.key == "recommend":
             first = self.catalog[ranking[0].item_id] if ranking else None
             output = ExpertOutput(
                 recommendation_text([self.catalog[s.item_id] for s in ranking[:3]]),
                 ranking,
                 first,
+                recommends=True,
             )
         elif task.key == "elicit":
             output = self.experts.ask_attribute(dialogue, ranking)
@@ -193,7 +194,9 @@ class LLMCRS(CRSModel):
             output = self.experts.detail(dialogue, focus)
         else:  # nothing named yet to explain or describe: recommend instead
             output = ExpertOutput(
-                recommendation_text([self.catalog[s.item_id] for s in ranking[:3]])
+                recommendation_text([self.catalog[s.item_id] for s in ranking[:3]]),
+                recommends=True,
+                trace=[TraceStep(name="fallback", output="no movie named yet: recommended")],
             )
         output.items = output.items or ranking
         expert = next((e for e in experts if e[0] == used), None)
@@ -218,8 +221,9 @@ class LLMCRS(CRSModel):
         expert: tuple[str, str] | None,
         output: ExpertOutput,
     ) -> tuple[str, Stage]:
-        """§3.4: the reply from the summary. Locally the expert's grounded sentence leads and the
-        LLM may add one checked sentence; an endpoint writes the whole reply."""
+        """§3.4: the reply from the summary. An endpoint writes the whole reply; locally the
+        expert's grounded words are the reply, to which (``local_clause``) the 135M LLM may add
+        one sentence that passes a fact check."""
         began = time.perf_counter()
         prompt = response_prompt(dialogue, task, expert, output.text, self.config)
         messages = [{"role": "user", "content": prompt}]
@@ -231,6 +235,11 @@ class LLMCRS(CRSModel):
                 title = output.focus.display_title
                 text = text if title in text else f"I'd suggest {title}. {text}"
             stage = Stage("4 response", prompt, raw, "written from the summary")
+        elif not self.config.local_clause:
+            text, raw = output.text, None
+            stage = Stage(
+                "4 response", prompt, raw, "expert's words (the local LLM does not write)"
+            )
         else:
             lead = output.text
             raw = self.llm.chat_batch([messages], gen, prefixes=[lead + " "])[0]
@@ -243,8 +252,9 @@ class LLMCRS(CRSModel):
                 "expert's words + a checked sentence" if added else "expert's words",
             )
             stage.extra = {"refused": refused} if refused else {}
-        usage = self.llm.last_usage
-        stage.tokens = usage.prompt_tokens + usage.completion_tokens
+        if raw is not None:
+            usage = self.llm.last_usage
+            stage.tokens = usage.prompt_tokens + usage.completion_tokens
         stage.seconds = time.perf_counter() - began
         return text, stage
 
@@ -257,13 +267,13 @@ class LLMCRS(CRSModel):
         output, expert, executed = self.execute(task, experts, dialogue, history)
         text, written = self.respond_text(dialogue, task, expert, output)
         items = fresh_items(output.items, set(dialogue.mentioned_items()), self.config.top_k)
-        if task.key != "recommend" and items and items[0].title not in text:
+        if not output.recommends and items and items[0].title not in text:
             text += f" Meanwhile, you might like {items[0].title}."  # every turn shows films
         stages = (detected, matched, executed, written)
         return Reply(
             text=text,
             items=items,
-            recommends=task.key == "recommend",
+            recommends=output.recommends,
             trace=[s.step() for s in stages],
             prompt_tokens=sum(s.tokens for s in stages),  # read and written, every stage
         )
@@ -314,12 +324,12 @@ class LLMCRS(CRSModel):
             )
         return self._alone
 
-    def _focus(self, dialogue: Dialogue, ranking: list[ScoredItem]) -> Item | None:
+    def _focus(self, dialogue: Dialogue) -> Item | None:
         """The movie an explanation or a detail is about: the last one named in the dialogue."""
         named = dialogue.mentioned_items()
         if named and named[-1] in self.catalog:
             return self.catalog[named[-1]]
-        return self.catalog[ranking[0].item_id] if ranking else None
+        return None  # Table 1's {item name} argument is unresolved: nothing to explain yet
 
     def _clause(self, raw: str, item: Item | None, dialogue: Dialogue) -> tuple[str, str]:
         """The LLM's added sentence if it passes llm-zero-shot's fact check and speaks to the
