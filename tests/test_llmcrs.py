@@ -297,6 +297,8 @@ def test_a_trained_adapter_is_loaded_and_scores_uncalibrated(tiny_llm_dir, tmp_p
     assert len(reply.trace) == 4 and reply.prompt_tokens > 0
     with pytest.raises(FileNotFoundError, match="crs train llmcrs --dataset tiny"):
         create_model("llmcrs", dataset, {"adapter": str(tmp_path / "nowhere"), **POPULAR})
+    with pytest.raises(FileNotFoundError, match="crs train llmcrs --dataset llm-redial"):
+        create_model("llmcrs", dataset, {"trained_on": "llm-redial", **POPULAR})
 
 
 def test_served_it_matches_among_and_calls_the_servers_ready_models(tiny_dataset, monkeypatch):

@@ -60,7 +60,8 @@ class LLMCRSConfig(ModelConfig):
     base_url: str = ""  # an OpenAI-compatible endpoint; empty = CRS_LLM_BASE_URL or local
     device: str = "auto"  # for the local LLM
     # The detection warm start's LoRA (`crs train llmcrs`): a folder; empty = CRS_HOME/checkpoints/
-    # llmcrs/<trained_on or dataset> when it exists; "none" = the plain LLM.
+    # llmcrs/<trained_on or dataset>, required when trained_on is given and used if present
+    # otherwise; "none" = the plain LLM.
     adapter: str = ""
     trained_on: str = ""
     # Take off each option's score under a content-free context (the untrained model); a trained

@@ -108,7 +108,8 @@ class LLMCRS(CRSModel):
         path = Path(cfg.adapter) if cfg.adapter else default_adapter(cfg.trained_on or dataset_name)
         if (path / "adapter_config.json").is_file():
             return path
-        if cfg.adapter:
+        if cfg.adapter or cfg.trained_on:  # asked for by name: missing is an error (the server
+            # then trains it in the background when its entry has a `train` recipe)
             raise FileNotFoundError(
                 f"no llmcrs adapter at {path}; train one with `crs train llmcrs --dataset "
                 f"{cfg.trained_on or dataset_name}`"
