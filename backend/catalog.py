@@ -148,6 +148,24 @@ class Catalog:
         """Ids of the items for which ``predicate`` holds, in catalog order."""
         return [item.id for item in self._items.values() if predicate(item)]
 
+    def filled_from(self, other: Catalog) -> tuple[Catalog, int]:
+        """This catalog with each item's missing cast, crew and plot taken from the same film
+        (title and year) in ``other``; also the number of items that gained something."""
+        items, filled = [], 0
+        for item in self._items.values():
+            source = other._exact.get((normalize_title(item.title), item.year))
+            if source is not None and item.year is not None:
+                donor = other[source]
+                update = {}
+                if not item.people and donor.people:
+                    update["people"] = donor.people
+                if not item.description and donor.description:
+                    update["description"] = donor.description
+                if update:
+                    item, filled = item.model_copy(update=update), filled + 1
+            items.append(item)
+        return Catalog(items, name=self.name), filled
+
     def with_genre(self, genre: str) -> list[str]:
         genre = genre.lower()
         return self.filter(lambda item: any(g.lower() == genre for g in item.genres))

@@ -1,6 +1,7 @@
 import pytest
 
 from backend.catalog import Catalog, normalize_title, split_year
+from backend.types import Item
 from tests.conftest import make_items
 
 
@@ -45,3 +46,23 @@ def test_filters_and_duplicates():
         assert "duplicate item id '1'" in str(err)
     else:
         raise AssertionError("duplicate ids must be rejected")
+
+
+def test_a_catalog_fills_missing_cast_and_plot_from_the_same_film_elsewhere():
+    donor = Catalog(make_items())
+    bare = Catalog(
+        [
+            Item(id="m1", title="Heat", year=1995, genres=("Action",)),  # same film
+            Item(id="m2", title="Heat", year=1972, genres=("Action",)),  # same name, another year
+            Item(id="m3", title="Alien", year=1979, description="Its own plot."),
+        ],
+        name="bare",
+    )
+    filled, count = bare.filled_from(donor)
+    assert count == 1 and filled.name == "bare"
+    assert filled["m1"].people == donor["1"].people
+    assert filled["m1"].description == donor["1"].description
+    assert filled["m1"].genres == ("Action",)  # the serving catalog's own fields stay
+    assert filled["m2"].description == "" and not filled["m2"].people
+    assert filled["m3"].description == "Its own plot."
+    assert bare["m1"].description == ""  # the original is unchanged

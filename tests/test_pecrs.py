@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -501,6 +502,33 @@ def test_a_checkpoint_serves_another_catalog_with_that_catalogs_bias_and_statist
         assert torch.equal(a, b)  # f and h_item are the trained ones
     reply = served.respond(other.splits["test"][0])
     assert {s.item_id for s in reply.items} <= {i.id for i in items} and reply.items
+
+
+def test_served_on_a_bare_catalog_items_borrow_the_training_catalogs_metadata(
+    rec_dataset, tiny_llm_dir, tmp_path, monkeypatch
+):
+    """MovieLens has no cast or plot; a ReDial checkpoint reads the same film's from ReDial."""
+    import backend.models.pecrs.inference as inference
+
+    path = train_pecrs(rec_dataset, config(tiny_llm_dir, max_steps=1, batch_size=2), tmp_path / "c")
+    bare = [i.model_copy(update={"people": {}, "description": ""}) for i in make_items()[:3]]
+    other = Dataset(name="other", catalog=Catalog(bare, name="other"), splits={})
+    monkeypatch.setattr(inference, "load_dataset", lambda name: rec_dataset)
+    served = create_model(
+        "pecrs", other, {**TINY, "checkpoint": str(path), "trained_on": rec_dataset.name}
+    )
+    assert served.filled == 3 and "3 items described from" in served.version
+    filled, _ = other.catalog.filled_from(rec_dataset.catalog)
+    borrowed = build(replace(other, catalog=filled), config(tiny_llm_dir)).net.items
+    own = build(other, config(tiny_llm_dir)).net.items
+    assert torch.equal(served.net.items.states, borrowed.states)
+    assert not torch.equal(borrowed.states, own.states)
+    plain = create_model(
+        "pecrs",
+        other,
+        {**TINY, "checkpoint": str(path), "trained_on": rec_dataset.name, "fill_metadata": False},
+    )
+    assert plain.filled == 0 and torch.equal(plain.net.items.states, own.states)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,11 @@ class PECRSConfig(ModelConfig):
     backbone: str = ""
     device: str = ""  # empty = CRS_DEVICE
     checkpoint: str = ""  # folder; empty = CRS_HOME/checkpoints/pecrs/<trained_on or dataset>
-    trained_on: str = ""  # dataset whose default checkpoint to load (the demo serves llm-redial's)
+    trained_on: str = ""  # dataset whose default checkpoint to load (the demo serves redial's)
+    # Served on another catalog (with trained_on), its items lacking the fields the heads were
+    # trained to read (MovieLens has no cast or plot) take them from the same film (title and
+    # year) in the training catalog; false: the serving catalog's own text alone.
+    fill_metadata: bool = True
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # peft's usual 0.05 costs ~15% of a CPU step in dropout masks

@@ -7,13 +7,14 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn import functional as F
 
+from backend.data import load_dataset
 from backend.data.base import Dataset
 from backend.eval.metrics import item_presence_f1
 from backend.models.pecrs.config import ITEM, REC, REC_END, SEP, PECRSConfig
@@ -228,11 +229,18 @@ class PECRS(CRSModel):
         if cfg.rec_threshold < 0:  # unless given, the threshold chosen on dev in training
             cfg.rec_threshold = float(trained.get("rec_threshold", -1.0))
         cfg.backbone = trained["backbone_resolved"]
+        self.filled = 0  # serving items that took cast, crew or plot from the training catalog
+        source = cfg.trained_on
+        if cfg.fill_metadata and source and source != dataset.name:
+            catalog, self.filled = dataset.catalog.filled_from(load_dataset(source).catalog)
+            dataset = replace(dataset, catalog=catalog)
         self.built = build(dataset, cfg, checkpoint=path)
         self.net = self.built.net
         self.net.eval()
         self.all_items = all_item_vectors(self.net)
         self.version = f"{Path(self.built.backbone).name}:{path.name}"
+        if self.filled:
+            self.version += f" ({self.filled} items described from {source})"
         self._lock = threading.Lock()  # the server may call from several threads
 
     def save(self, path: Path) -> None:
