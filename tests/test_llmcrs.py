@@ -13,7 +13,7 @@ from backend.models.llmcrs.labels import gold_subtask, silver_subtask
 from backend.models.llmcrs.prompts import BUILTIN_DEMOS, detection_prompt, draw_demos
 from backend.registry import _REGISTRY, CRSModel, create_model, register
 from backend.types import Dialogue, Reply, ScoredItem, Turn
-from tests.conftest import ChatOnlyLLM
+from tests.conftest import ChatOnlyLLM, make_dataset
 
 
 class Script(ChatOnlyLLM):
@@ -347,7 +347,11 @@ def test_an_rlpf_step_moves_only_lora_and_steps_raise_the_expected_reward(tiny_l
     model = with_lora(base.model, 4, 8, 0.0)
     settings = RLPFSettings(lam=0.9)
     policy = Policy(model, base.tokenizer, manager, settings)
-    fixture = episodes(dataset.splits["train"][:1])
+    # The turn that recommends the gold film, and a follow-up that does not.
+    fixture = [e for e in episodes(dataset.splits["train"][:1]) if e.reference.items]
+    fixture += [
+        e for e in episodes(dataset.splits["train"][:1]) if "directed" in e.context.turns[-1].text
+    ]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     expected_before = sum(policy.expected_reward(e) for e in fixture) / len(fixture)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-2)
@@ -432,3 +436,47 @@ def test_explaining_before_any_movie_is_named_recommends_instead(tiny_dataset, m
     assert reply.trace[0].name.endswith("Explanation")
     assert reply.recommends and reply.items[0].title in reply.text
     assert reply.trace[2].output["fallback"] == "no movie named yet: recommended"
+
+
+def test_explanation_is_about_the_systems_pick_and_a_detail_about_any_named_movie(
+    tiny_dataset, monkeypatch
+):
+    """Table 1's {item name}: a movie the user brought up is not explained back to them."""
+    heat, alien, toy = (tiny_dataset.catalog[i] for i in ("1", "4", "2"))
+    user_named = Dialogue(
+        id="d", turns=[Turn(role="user", text=f"I loved {alien.title}. More?", items=[alien.id])]
+    )
+    explains = llmcrs(tiny_dataset, Script("", scores={"Explanation": 3.0}), monkeypatch)
+    reply = explains.respond(user_named)
+    assert reply.trace[2].output["fallback"] == "no movie named yet: recommended"
+    assert alien.title not in reply.text.split(".")[0]
+    picked = Dialogue(
+        id="d",
+        turns=[
+            Turn(role="user", text="Something tense?"),
+            Turn(role="system", text=f"Try {heat.title}.", items=[heat.id, toy.id]),
+            Turn(role="user", text=f"Why that one? I only know {alien.title}.", items=[alien.id]),
+        ],
+    )
+    assert explains.respond(picked).text.startswith(heat.display_title)
+    details = llmcrs(tiny_dataset, Script("", scores={"Item Detail Search": 3.0}), monkeypatch)
+    assert details.respond(picked).text.startswith(alien.display_title)
+
+
+def test_an_adapter_trained_elsewhere_reads_its_training_demonstrations(tiny_dataset, monkeypatch):
+    """Served on another catalog, the prompt keeps the demonstrations the adapter learnt with."""
+    trained = make_dataset()
+    trained.name = "trained-here"
+    other = Dialogue(
+        id="t1",
+        turns=[
+            Turn(role="user", text="Hello there, any westerns?"),
+            Turn(role="system", text="What decade do you like?"),
+        ],
+    )
+    trained.splits["train"] = [other]
+    monkeypatch.setattr(llmcrs_model, "load_dataset", lambda name: trained)
+    monkeypatch.setattr(llmcrs_model.LLMCRS, "_adapter", lambda self, name: None)
+    model = llmcrs(tiny_dataset, Script(""), monkeypatch, trained_on="trained-here", demos=2)
+    assert model.demos == draw_demos([other], 2, 0)
+    assert model.demos != draw_demos(tiny_dataset.splits["train"], 2, 0)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.data import load_dataset
 from backend.llm import GenerationConfig, get_llm
 from backend.models.llm_zero_shot import LLMZeroShot, LLMZeroShotConfig, checked_clause
 from backend.models.llmcrs.choice import Choice, Chooser
@@ -94,7 +95,9 @@ class LLMCRS(CRSModel):
         self.free_response = remote  # an endpoint writes the reply; the local model is grounded
         self.experts = ExpertPool(dataset)
         self.recommenders = recommendation_experts(cfg.experts, exclude=self.name)
-        self.demos = draw_demos(dataset.splits.get("train", []), cfg.demos, cfg.seed)
+        # An adapter trained on another dataset reads the demonstrations it was trained with.
+        source = load_dataset(cfg.trained_on) if cfg.trained_on not in ("", dataset.name) else dataset
+        self.demos = draw_demos(source.splits.get("train", []), cfg.demos, cfg.seed)
         self.counts: Counter[str] = Counter()  # invalid answers, experts that could not run
         self._alone: LLMZeroShot | None = None  # "w/o E": the LLM over retrieved candidates
         trained = f", detection trained: {self.adapter.name}" if self.adapter else ""
@@ -178,7 +181,7 @@ class LLMCRS(CRSModel):
         stage = Stage("3 execution")
         skipped: dict[str, str] = {}
         ranking, used, where = self._rank(task, experts, dialogue, history, skipped)
-        focus = self._focus(dialogue)
+        focus = self._focus(dialogue, task)
         if task.key == "recommend":
             first = self.catalog[ranking[0].item_id] if ranking else None
             output = ExpertOutput(
@@ -325,11 +328,18 @@ class LLMCRS(CRSModel):
             )
         return self._alone
 
-    def _focus(self, dialogue: Dialogue) -> Item | None:
-        """The movie an explanation or a detail is about: the last one named in the dialogue."""
-        named = dialogue.mentioned_items()
-        if named and named[-1] in self.catalog:
-            return self.catalog[named[-1]]
+    def _focus(self, dialogue: Dialogue, task: SubTask) -> Item | None:
+        """The movie of Table 1's {item name}: for an Explanation the one the system last
+        recommended (its first, the one its reply named), not one the user brought up; for a
+        detail the last one named by anyone."""
+        for turn in reversed(dialogue.turns):
+            if turn.role == "system" and turn.items:
+                named = turn.items[0]
+            elif task.key == "detail" and turn.items:
+                named = turn.items[-1]
+            else:
+                continue
+            return self.catalog.get(named)
         return None  # Table 1's {item name} argument is unresolved: nothing to explain yet
 
     def _clause(self, raw: str, item: Item | None, dialogue: Dialogue) -> tuple[str, str]:
