@@ -96,7 +96,9 @@ class LLMCRS(CRSModel):
         self.experts = ExpertPool(dataset)
         self.recommenders = recommendation_experts(cfg.experts, exclude=self.name)
         # An adapter trained on another dataset reads the demonstrations it was trained with.
-        source = load_dataset(cfg.trained_on) if cfg.trained_on not in ("", dataset.name) else dataset
+        source = (
+            load_dataset(cfg.trained_on) if cfg.trained_on not in ("", dataset.name) else dataset
+        )
         self.demos = draw_demos(source.splits.get("train", []), cfg.demos, cfg.seed)
         self.counts: Counter[str] = Counter()  # invalid answers, experts that could not run
         self._alone: LLMZeroShot | None = None  # "w/o E": the LLM over retrieved candidates
