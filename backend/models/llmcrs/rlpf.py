@@ -219,9 +219,9 @@ def train_rlpf(
         run.dev.append({"step": run.step, "expected_reward": round(mean, 5)})
         log.info("llmcrs rlpf step %d: dev expected reward %.4f", run.step, mean)
 
-    if not run.dev:
-        evaluate()
     bar = ProgressBar(total=settings.steps, initial=run.step, desc="llmcrs rlpf", unit="step")
+    if not run.dev:  # the starting policy, after the bar so that progress shows meanwhile
+        evaluate()
     for step in range(run.step + 1, settings.steps + 1):
         reward = rlpf_step(policy, optimizer, rng.choice(train), run, rng)
         run.step = step

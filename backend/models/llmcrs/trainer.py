@@ -167,9 +167,10 @@ def train_llmcrs(
             state.best, state.best_step = result["accuracy"], state.step
             model.save_pretrained(out_dir)
 
+    # Made first, so that the server shows the run (0 of N) while the untrained model is evaluated.
+    bar = ProgressBar(total=settings.steps, initial=state.step, desc="llmcrs", unit="step")
     if state.step == 0 and not state.dev:
         evaluate()  # the untrained model, for the record and as the first candidate
-    bar = ProgressBar(total=settings.steps, initial=state.step, desc="llmcrs", unit="step")
     start = time.perf_counter()
     for step in range(state.step + 1, settings.steps + 1):
         batch = [train[i] for i in balanced(train, settings.batch_size, rng)]
