@@ -11,12 +11,11 @@ ReDial detection warm start (`crs train llmcrs --dataset redial`) and its RLPF r
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
+from backend.eval.study import crs, study_args, write_summary
 from backend.settings import get_settings
 
 EXPERTS = "retrieval,retrieval-pop,popularity"
@@ -52,15 +51,9 @@ COLUMNS = ("recall@1", "recall@10", "recall@50", "mrr@10", "mrr@50", "ndcg@10", 
            "bleu-1", "bleu-2", "distinct-1", "distinct-2")  # fmt: skip
 
 
-def run(args: list[str]) -> None:
-    print("$", " ".join(args), flush=True)
-    subprocess.run(args, check=True)
-
-
 def main(limit: int, out: Path) -> None:
     """Evaluate every row on the recommending turns of the first ``limit`` test dialogues and
     write the summary JSON to ``out``."""
-    crs = str(Path(sys.executable).with_name("crs"))
     settings = get_settings()
     adapters = {
         "detection": settings.checkpoints / "llmcrs" / "redial",
@@ -79,9 +72,9 @@ def main(limit: int, out: Path) -> None:
             sets += [f"adapter={adapter}", f"experts={EXPERTS}", f"single_expert={BEST}"]
         metrics_file = runs / f"{name}.json"
         if not metrics_file.is_file():
-            run([crs, "eval", model, "--dataset", "redial", "--split", "test",
-                 "--limit", str(limit), "--rec-turns-only", "--ks", "1,10,50", "--batch-size", "4",
-                 *[arg for s in sets for arg in ("--set", s)], "--out", str(metrics_file)])  # fmt: skip
+            crs("eval", model, "--dataset", "redial", "--split", "test",
+              "--limit", str(limit), "--rec-turns-only", "--ks", "1,10,50", "--batch-size", "4",
+              *[arg for s in sets for arg in ("--set", s)], "--out", str(metrics_file))  # fmt: skip
         result = json.loads(metrics_file.read_text())
         metrics = result["metrics"]
         rows.append(
@@ -104,14 +97,9 @@ def main(limit: int, out: Path) -> None:
         "rows": rows,
         "paper_gorecdial_flan_t5": PAPER,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_summary(out, summary)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=40, help="first N ReDial test dialogues")
-    parser.add_argument("--out", type=Path, default=Path("results/llmcrs-redial-test.json"))
-    args = parser.parse_args()
+    args = study_args(__doc__, limit=40, out="results/llmcrs-redial-test.json")
     main(args.limit, args.out)

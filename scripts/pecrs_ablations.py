@@ -9,12 +9,10 @@ turns. Stop it at any time and run it again: finished trainings and evaluations 
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from backend.eval.study import crs, study_args, write_summary
 from backend.settings import get_settings
 
 # name -> (Table 5 row it stands for, the `--set` overrides of the variant)
@@ -38,15 +36,9 @@ PAPER = {
 }
 
 
-def run(args: list[str]) -> None:
-    print("$", " ".join(args), flush=True)
-    subprocess.run(args, check=True)
-
-
 def main(limit: int, out: Path) -> None:
     """Train (warm start) and evaluate every variant on the first ``limit`` test dialogues,
     then write the summary JSON to ``out``."""
-    crs = str(Path(sys.executable).with_name("crs"))
     settings = get_settings()
     runs = settings.CRS_HOME / "runs" / "pecrs-ablations"
     runs.mkdir(parents=True, exist_ok=True)
@@ -56,14 +48,14 @@ def main(limit: int, out: Path) -> None:
         folder = "redial" if name == "full" else f"redial-{name}"
         checkpoint = settings.checkpoints / "pecrs" / folder
         if not (checkpoint / "metrics.json").is_file():
-            run([crs, "train", "pecrs", "--dataset", "redial", "--epochs", "0", *sets,
-                 "--out", str(checkpoint)])  # fmt: skip
+            crs("train", "pecrs", "--dataset", "redial", "--epochs", "0", *sets,
+              "--out", str(checkpoint))  # fmt: skip
         metrics_file, predictions = runs / f"{name}.json", runs / f"{name}.jsonl"
         if not metrics_file.is_file():
-            run([crs, "eval", "pecrs", "--dataset", "redial", "--split", "test",
-                 "--limit", str(limit), "--rec-turns-only", "--set", "generate=false",
-                 "--set", f"checkpoint={checkpoint}", "--out", str(metrics_file),
-                 "--predictions", str(predictions)])  # fmt: skip
+            crs("eval", "pecrs", "--dataset", "redial", "--split", "test",
+              "--limit", str(limit), "--rec-turns-only", "--set", "generate=false",
+              "--set", f"checkpoint={checkpoint}", "--out", str(metrics_file),
+              "--predictions", str(predictions))  # fmt: skip
         result = json.loads(metrics_file.read_text())["metrics"]
         trained = json.loads((checkpoint / "metrics.json").read_text())
         top1 = [
@@ -91,14 +83,9 @@ def main(limit: int, out: Path) -> None:
         "rows": rows,
         "paper_table5": PAPER,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_summary(out, summary)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=600, help="first N ReDial test dialogues")
-    parser.add_argument("--out", type=Path, default=Path("results/pecrs-redial-ablations.json"))
-    args = parser.parse_args()
+    args = study_args(__doc__, limit=600, out="results/pecrs-redial-ablations.json")
     main(args.limit, args.out)
