@@ -199,6 +199,33 @@ def train_sasrec_cmd(
     console.print_json(json.dumps({"valid": metrics["valid"]}))
 
 
+@train_app.command("latentcrs")
+def train_latentcrs_cmd(
+    skip_existing: SkipExistingOpt = False,
+    set_: SetOpt = None,
+) -> None:
+    """Train LatentCRS by variational EM on MovieLens-100K's held-out view (the SASRec it reads
+    first, when missing); resumes after the last finished epoch."""
+    from backend.models.latentcrs.config import LatentCRSConfig
+    from backend.models.latentcrs.em import train_latentcrs
+    from backend.models.sasrec import SASRecConfig, default_checkpoint, train_sasrec
+
+    try:
+        config = LatentCRSConfig(**parse_overrides(set_))
+    except (TypeError, ValueError) as err:
+        fail(err)
+    if skip_existing and already_trained("latentcrs", config.checkpoint_dir(), "model.pt"):
+        return
+    ds = load_or_fail(config.trained_on, None)
+    if not (default_checkpoint(ds.name) / "model.pt").exists():
+        console.print(f"training the SASRec it reads first, on {ds.name}")
+        train_sasrec(ds, SASRecConfig())
+    path = train_latentcrs(ds, config)
+    best = json.loads((path / "metrics.json").read_text())["valid_best"]
+    console.print(f"saved to {path}; best valid epoch:")
+    console.print_json(json.dumps(best))
+
+
 @train_app.command("retrieval-pop")
 def train_retrieval_pop_cmd(
     dataset: DatasetArg = "redial",

@@ -685,8 +685,12 @@ class LocalLLM(LLM):
             self.last_usage = Usage(prompt_tokens=tokens, seconds=time.perf_counter() - start)
         return scores.tolist()
 
-    def embed(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
-        """Mean of the last hidden state over each text's tokens, L2-normalised (float32)."""
+    def embed(self, texts: list[str], batch_size: int = 16, pooling: str = "mean") -> np.ndarray:
+        """The last hidden state over each text's tokens, L2-normalised (float32): their mean, or
+        with ``pooling="last"`` the last token's (the prompt-based embedding of Jiang et al.
+        2023 that LatentCRS uses)."""
+        if pooling not in ("mean", "last"):
+            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
         for i, text in enumerate(texts):
             if not text:
                 raise ValueError(f"embed() got an empty string at index {i}; pass non-empty texts")
@@ -708,7 +712,11 @@ class LocalLLM(LLM):
                 with torch.inference_mode():
                     hidden = backbone(**batch).last_hidden_state.float()
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                rows.append(((hidden * mask).sum(1) / mask.sum(1)).cpu().numpy())
+                if pooling == "last":  # right-padded: each row's last real token
+                    last = batch["attention_mask"].sum(1) - 1
+                    rows.append(hidden[torch.arange(len(last)), last].cpu().numpy())
+                else:
+                    rows.append(((hidden * mask).sum(1) / mask.sum(1)).cpu().numpy())
                 tokens += int(batch["attention_mask"].sum())
             self.last_usage = Usage(prompt_tokens=tokens, seconds=time.perf_counter() - start)
         if not rows:

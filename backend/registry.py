@@ -147,6 +147,7 @@ def register(cls: type[CRSModel]) -> type[CRSModel]:
 def _load_builtin_models() -> None:
     # Importing the modules runs their @register decorators.
     from backend.models import (  # noqa: F401
+        latentcrs,
         llm_rec,
         llm_zero_shot,
         llmcrs,

@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from backend.data.base import DataFormatError, Dataset
+from backend.data.heldout import load_movielens_heldout
 from backend.data.inspired import load_inspired
 from backend.data.llm_redial import embedded_root, load_llm_redial
 from backend.data.movielens import default_root, load_movielens_100k
@@ -18,12 +19,17 @@ __all__ = ["DATASETS", "DataFormatError", "Dataset", "load_dataset"]
 # name -> (folder under CRS_DATA_DIR, or None for a copy that ships with the code; loader)
 _LOADERS: dict[str, tuple[str | None, Callable[[Path], Dataset]]] = {
     "movielens-100k": (None, load_movielens_100k),
+    "movielens-100k-heldout": (None, load_movielens_heldout),
     "llm-redial": (None, load_llm_redial),
     "redial": ("redial", load_redial),
     "inspired": ("inspired", lambda path: load_inspired(path, source="pecrs")),
     "inspired-raw": ("inspired", lambda path: load_inspired(path, source="raw")),
 }
-_SHIPPED = {"movielens-100k": default_root, "llm-redial": embedded_root}
+_SHIPPED = {
+    "movielens-100k": default_root,
+    "movielens-100k-heldout": default_root,
+    "llm-redial": embedded_root,
+}
 DATASETS: tuple[str, ...] = tuple(_LOADERS)
 
 

@@ -176,7 +176,7 @@ def evaluate(
         for offset in range(len(done), len(jobs), batch_size):
             chunk = jobs[offset : offset + batch_size]
             contexts = [dialogue.prefix(i) for dialogue, i in chunk]
-            histories = [_history(dataset, d) for d, _ in chunk] if use_history else None
+            histories = [_history(dataset, d, split) for d, _ in chunk] if use_history else None
             replies = model.respond_batch(contexts, histories)
             nll = model.reference_nll(contexts, [d.turns[i] for d, i in chunk])
             if len(replies) != len(chunk):
@@ -221,6 +221,8 @@ def evaluate(
     return result
 
 
-def _history(dataset: Dataset, dialogue: Dialogue) -> UserHistory | None:
-    """The dialogue's user history, or None when the dialogue has no user or the user no history."""
-    return dataset.histories.get(dialogue.user_id) if dialogue.user_id else None
+def _history(dataset: Dataset, dialogue: Dialogue, split: str) -> UserHistory | None:
+    """The dialogue's user history as a model may read it on ``split`` (a held-out view keeps
+    one per split), or None when the dialogue has no user or the user no history."""
+    histories = dataset.extra.get("context_histories", {}).get(split, dataset.histories)
+    return histories.get(dialogue.user_id) if dialogue.user_id else None
