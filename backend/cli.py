@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -493,7 +494,10 @@ def simulate_cmd(
     results: list[dict] = []
     kind = simulator if simulator == "template" or act_check else f"{simulator}-no-act-check"
     for name, model in crs.items():
-        path = get_settings().CRS_HOME / "runs" / "simulate" / f"{name}-{ds.name}-{kind}.jsonl"
+        # Each set of overrides keeps its own transcripts, so variants of one model resume apart.
+        tag = hashlib.sha1(json.dumps(settings_of(name), sort_keys=True).encode()).hexdigest()[:8]
+        tag = f"-{tag}" if settings_of(name) else ""
+        path = get_settings().CRS_HOME / "runs" / "simulate" / f"{name}{tag}-{ds.name}-{kind}.jsonl"
         figures = simulate(model, ds, make_simulator(), config, n, path)
         results.append({**figures, "transcripts": str(path)})
     if battles:

@@ -35,6 +35,7 @@ from backend.models.latentcrs.text import TextEmbedder, describe, user_text
 from backend.models.sasrec import SASRec, default_checkpoint
 from backend.progress import ProgressBar
 from backend.registry import save_run_files
+from backend.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,11 @@ class EMTrainer:
         self.gen.load_state_dict(state["generative"])
 
 
+def _relative(path: Path) -> str:
+    root = get_settings().checkpoints
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def _usage(log_q: torch.Tensor) -> float:
     """Perplexity of the average intent distribution: how many intents are in use."""
     mean = log_q.exp().mean(0)
@@ -353,7 +359,8 @@ def train_latentcrs(
             "labels": labels,
             "item_ids": catalog.ids,
             "text_encoder": cfg.text_encoder,
-            "backbone": str(Path(backbone.config.checkpoint or default_checkpoint(dataset.name))),
+            # Relative to CRS_HOME's checkpoints when under it, so a moved CRS_HOME still loads.
+            "backbone": _relative(Path(backbone.config.checkpoint or default_checkpoint(dataset.name))),
         },
         out_dir / "model.pt",
     )

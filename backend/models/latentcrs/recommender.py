@@ -28,6 +28,7 @@ from backend.models.popularity import item_counts
 from backend.models.sasrec import SASRec, SASRecConfig
 from backend.models.templates import recommendation_text
 from backend.registry import CRSModel, register, timed
+from backend.settings import get_settings
 from backend.types import Dialogue, Reply, ScoredItem, TraceStep, UserHistory
 
 NO_WORDS = "I'm looking for a movie."  # x for a conversation with no user words yet
@@ -58,7 +59,8 @@ class LatentCRS(CRSModel):
         saved = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=False)
         if saved["item_ids"] != self.catalog.ids:
             raise ValueError(f"checkpoint {ckpt} was trained on another catalog; retrain it")
-        self.backbone = SASRec(dataset, SASRecConfig(checkpoint=saved["backbone"]))
+        backbone = get_settings().checkpoints / saved["backbone"]  # an absolute path stays
+        self.backbone = SASRec(dataset, SASRecConfig(checkpoint=str(backbone)))
         self.embedder = TextEmbedder(self.config.text_encoder, self.config.device)
         self.intents = saved["intents"]
         self.labels = saved["labels"]
@@ -79,6 +81,8 @@ class LatentCRS(CRSModel):
         return get_llm()
 
     def _sequence(self, dialogue: Dialogue, history: UserHistory | None) -> list[int]:
+        if not self.config.use_history:
+            return []
         ids = [i.item_id for i in history.interactions] if history else []
         ids += [i for t in dialogue.turns if t.role == "user" for i in t.items]
         index = self.catalog.index

@@ -1,0 +1,153 @@
+"""LatentCRS beside the paper's Tables 2-6 (issue 17), on MovieLens-100K's held-out view.
+
+    python scripts/latentcrs_study.py [--limit 0] [--simulate 50] [--out results/latentcrs-study.json]
+
+- **One turn** (Tables 2, 3, 5): every row is `crs eval M --dataset movielens-100k-heldout
+  --split test --history --ks 5,20` on the test users' one-sentence descriptions (written by the
+  LLM simulator, never naming the target). The baselines, LatentCRS's variants and encoders, the
+  hard filter's controls (the filter in front of popularity or SASRec instead of the intents) and
+  Table 5's ablations.
+- **Multi-turn** (Table 4): `crs simulate` with the LLM user simulator on ``--simulate`` users
+  of MovieLens-100K (the same targets as the test split), S@3, S@5 and AT.
+- **Tokens** (Table 6): the LLM tokens each variant reads and writes per request.
+
+Missing checkpoints are trained first (`crs train latentcrs --skip-existing`); every run keeps a
+journal, so a stopped study continues with the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from backend.eval.study import crs, write_summary
+from backend.settings import get_settings
+
+# name -> (the table row, the model, its --set overrides, the training --set it needs or None)
+ONE_TURN: dict[str, tuple[str, str, list[str], list[str] | None]] = {
+    "popularity": ("Popularity", "popularity", [], None),
+    "sasrec": ("SASRec alone (behaviour)", "sasrec", [], None),
+    "retrieval": ("MiniLM retrieval alone (text)", "retrieval", [], None),
+    "text-only": ("LatentCRS_B, no history (text)", "latentcrs", ["variant=B", "use_history=false"], []),
+    "B-minilm": ("LatentCRS_B (MiniLM)", "latentcrs", ["variant=B"], []),
+    "B-smollm2": ("LatentCRS_B (SmolLM2)", "latentcrs", ["variant=B", "text_encoder=smollm2"], ["text_encoder=smollm2"]),
+    "F-rules": ("LatentCRS_F (rules only)", "latentcrs", ["variant=F", "extract=rules"], []),
+    "F": ("LatentCRS_F (SmolLM2 extracts, checked)", "latentcrs", ["variant=F"], []),
+    "V": ("LatentCRS_V", "latentcrs", ["variant=V"], []),
+    "filter-popularity": ("control: hard filter + popularity", "latentcrs", ["variant=F", "ranker=popularity"], []),
+    "filter-sasrec": ("control: hard filter + SASRec", "latentcrs", ["variant=F", "ranker=sasrec"], []),
+    "no-inference": ("w/o Inference Model", "latentcrs", ["variant=B", "ablation=no_inference"], ["ablation=no_inference"]),
+    "direct-kl": ("direct KL Align", "latentcrs", ["variant=B", "ablation=direct_kl"], ["ablation=direct_kl"]),
+    "no-recloss": ("w/o Recloss", "latentcrs", ["variant=B", "ablation=no_recloss"], ["ablation=no_recloss"]),
+    "no-augment": ("w/o Data Augmentation", "latentcrs", ["variant=B", "ablation=no_augment"], ["ablation=no_augment"]),
+    "no-em": ("w/o EM (prior only)", "latentcrs", ["variant=B", "ablation=no_em"], ["ablation=no_em"]),
+}  # fmt: skip
+MULTI_TURN = ("sasrec", "B-minilm", "F", "V")
+HELDOUT_SASREC = "checkpoint={}/sasrec/movielens-100k-heldout"
+# The paper's figures (ML-1M; R@5, N@5, R@20, N@20; S@3, S@5, AT; tokens in / out).
+PAPER = {
+    "Table 2 LatentCRS_B (ML-1M, full)": [0.1437, 0.0921, 0.3305, 0.1449],
+    "Table 2 UNICORN": [0.1215, 0.0734, 0.3086, 0.1274],
+    "Table 3 LatentCRS_B (ML sample)": [0.142, 0.0879, 0.340, 0.1426],
+    "Table 3 LatentCRS_F": [0.180, 0.1209, 0.318, 0.1604],
+    "Table 3 LatentCRS_V": [0.160, 0.1139, 0.320, 0.1582],
+    "Table 3 GPT4": [0.064, 0.0421, 0.102, 0.0622],
+    "Table 5 w/o Inference Model": [0.0232, 0.0147, 0.0678, 0.0271],
+    "Table 5 direct KL Align": [0.0847, 0.0518, 0.2256, 0.0911],
+    "Table 5 w/o Recloss": [0.0698, 0.0755, 0.2073, 0.0805],
+    "Table 5 w/o Data Argument": [0.1211, 0.0769, 0.3005, 0.1275],
+    "Table 4 LatentCRS_B": [0.388, 0.482, 3.760],
+    "Table 4 LatentCRS_F": [0.472, 0.562, 3.424],
+    "Table 4 LatentCRS_V": [0.532, 0.650, 3.298],
+    "Table 4 GPT4": [0.246, 0.602, 3.472],
+    "Table 6 LatentCRS_B": [85.50, 1.00],
+    "Table 6 LatentCRS_F": [317.50, 35.59],
+    "Table 6 LatentCRS_V": [810.26, 98.63],
+}  # fmt: skip
+METRICS = ("recall@5", "ndcg@5", "recall@20", "ndcg@20")
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [arg for s in items for arg in ("--set", s)]
+
+
+def one_turn(runs: Path, limit: int) -> list[dict]:
+    checkpoints = get_settings().checkpoints
+    rows = []
+    for name, (row, model, sets, training) in ONE_TURN.items():
+        if training is not None:
+            crs("train", "latentcrs", "--skip-existing", *_sets(training))
+        if model == "sasrec":
+            sets = [HELDOUT_SASREC.format(checkpoints)]
+        out = runs / f"{name}.json"
+        if not out.is_file():
+            crs("eval", model, "--dataset", "movielens-100k-heldout", "--split", "test",
+                "--history", "--ks", "5,20", "--limit", str(limit or 100000), *_sets(sets),
+                "--out", str(out))  # fmt: skip
+        result = json.loads(out.read_text())
+        rows.append({"name": name, "row": row, "n": result["n"],
+                     **{k: result["metrics"][k] for k in METRICS}})  # fmt: skip
+    return rows
+
+
+def tokens(names: list[str], n: int) -> list[dict]:
+    """Mean LLM tokens read and written per one-turn request (Table 6), on the first ``n``
+    test users."""
+    from backend.data import load_dataset
+    from backend.registry import create_model
+
+    dataset = load_dataset("movielens-100k-heldout")
+    dialogues = dataset.split("test")[:n]
+    histories = [dataset.extra["context_histories"]["test"][d.user_id] for d in dialogues]
+    out = []
+    for name in names:
+        row, _, sets, _ = ONE_TURN[name]
+        model = create_model("latentcrs", dataset, dict(s.split("=", 1) for s in sets))
+        replies = model.respond_batch([d.prefix(1) for d in dialogues], histories)
+        out.append({
+            "name": name, "row": row, "n": len(replies),
+            "prompt_tokens": sum(r.prompt_tokens for r in replies) / len(replies),
+            "completion_tokens": sum(r.completion_tokens for r in replies) / len(replies),
+        })  # fmt: skip
+    return out
+
+
+def multi_turn(runs: Path, n: int) -> list[dict]:
+    checkpoints = get_settings().checkpoints
+    rows = []
+    for name in MULTI_TURN:
+        row, model, sets, _ = ONE_TURN[name]
+        if model == "sasrec":
+            sets = [HELDOUT_SASREC.format(checkpoints)]
+        out = runs / f"simulate-{name}-{n}.json"
+        if not out.is_file():
+            crs("simulate", model, "--dataset", "movielens-100k", "--n", str(n),
+                *_sets([f"{model}.{s}" for s in sets]), "--out", str(out))  # fmt: skip
+        (result,) = json.loads(out.read_text())
+        rows.append({"name": name, "row": row, "n": result["episodes"],
+                     **{k: result[k] for k in ("S@1", "S@3", "S@5", "AT", "tokens_per_episode")}})  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=0, help="first N test users (0 = all 942)")
+    parser.add_argument("--simulate", type=int, default=50, help="users simulated (0 = none)")
+    parser.add_argument("--tokens", type=int, default=50, help="test users for Table 6")
+    parser.add_argument("--out", type=Path, default=Path("results/latentcrs-study.json"))
+    args = parser.parse_args()
+    runs = get_settings().CRS_HOME / "runs" / "latentcrs-study"
+    runs.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "dataset": "movielens-100k-heldout (test split, one turn)",
+        "one_turn": one_turn(runs, args.limit),
+        "tokens": tokens(["B-minilm", "B-smollm2", "F-rules", "F", "V"], args.tokens),
+        "multi_turn": multi_turn(runs, args.simulate) if args.simulate else [],
+        "paper": PAPER,
+    }
+    write_summary(args.out, summary)
+
+
+if __name__ == "__main__":
+    main()
