@@ -15,9 +15,11 @@ from backend.types import Dialogue, Item, ScoredItem
 GENRE_WORDS: dict[str, tuple[str, ...]] = {
     "horror": ("Horror",),
     "scary": ("Horror", "Thriller"),
+    "scarier": ("Horror", "Thriller"),
     "creepy": ("Horror", "Thriller"),
     "frightening": ("Horror",),
     "funny": ("Comedy",),
+    "funnier": ("Comedy",),
     "comedy": ("Comedy",),
     "comedies": ("Comedy",),
     "laugh": ("Comedy",),

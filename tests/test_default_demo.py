@@ -98,7 +98,9 @@ def test_the_default_models_answer_the_horror_request_with_horror_films(served):
     catalog = client.app.state.host.dataset.catalog
     horror = next(e for e in readme_examples() if "horror" in e)
     served = {m["name"] for m in models}
-    for model in [m for m in ("pecrs", "llmcrs", "latentcrs", "retrieval", "llm-zero-shot") if m in served]:
+    for model in [
+        m for m in ("pecrs", "llmcrs", "latentcrs", "retrieval", "llm-zero-shot") if m in served
+    ]:
         reply, _ = ask(client, model, horror)
         shown = [catalog[i["item_id"]] for i in reply["items"][:5]]
         assert "Horror" in shown[0].genres and shown[0].display_title in reply["text"], reply

@@ -200,11 +200,20 @@ def test_server_config_reads_the_default_yaml_and_explains_bad_files(tmp_path):
     assert config.dataset == "movielens-100k" and config.max_message_chars == 2000
     names = [m.name for m in config.models]
     assert names == [
-        "retrieval", "llm-zero-shot", "sasrec", "latentcrs", "popularity", "llmcrs", "pecrs"
+        "retrieval",
+        "llm-zero-shot",
+        "sasrec",
+        "latentcrs",
+        "popularity",
+        "llmcrs",
+        "pecrs",
     ]
     # Models that need a checkpoint carry the recipe the server trains them with on first start.
     assert [m.name for m in config.models if m.train is not None] == [
-        "sasrec", "latentcrs", "llmcrs", "pecrs"
+        "sasrec",
+        "latentcrs",
+        "llmcrs",
+        "pecrs",
     ]
     with pytest.raises(FileNotFoundError, match="start from .*default.yaml"):
         ServerConfig.from_yaml(tmp_path / "missing.yaml")

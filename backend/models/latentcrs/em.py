@@ -360,7 +360,9 @@ def train_latentcrs(
             "item_ids": catalog.ids,
             "text_encoder": cfg.text_encoder,
             # Relative to CRS_HOME's checkpoints when under it, so a moved CRS_HOME still loads.
-            "backbone": _relative(Path(backbone.config.checkpoint or default_checkpoint(dataset.name))),
+            "backbone": _relative(
+                Path(backbone.config.checkpoint or default_checkpoint(dataset.name))
+            ),
         },
         out_dir / "model.pt",
     )

@@ -62,15 +62,16 @@ def user_words(dialogue: Dialogue, catalog: Catalog) -> str:
 
 
 def affirmed_genres(text: str, catalog_genres: set[str]) -> list[tuple[str, tuple[str, ...]]]:
-    """(word, the catalog's genres it means) for each genre word said without a negation."""
+    """(word, (the catalog genre it first means,)) for each genre word said without a negation."""
     found = []
     for word, genres in genre_mentions(text):
         position = re.search(rf"\b{re.escape(word)}\b", text, re.I)
         if position and _NEGATION.search(text[: position.start()]):
             continue
-        kept = tuple(g for g in genres if g in catalog_genres)
+        # A hard constraint takes the word's first meaning only: "scary" is Horror, not Thriller.
+        kept = next((g for g in genres if g in catalog_genres), None)
         if kept:
-            found.append((word, kept))
+            found.append((word, (kept,)))
     return found
 
 
@@ -80,18 +81,18 @@ def people_named(text: str, people: Sequence[str]) -> list[str]:
 
 
 def extraction_prompt(text: str, genres: Sequence[str]) -> list[dict[str, str]]:
-    """Extract-Rules as one JSON answer: the strict genres and decade of a request."""
+    """Extract-Rules as one JSON answer, with two worked examples: without them the 135M model
+    copies the answer format's example back."""
     return [
         {"role": "system", "content": "You read movie requests and answer only with JSON."},
         {
             "role": "user",
-            "content": (
-                f"Genres: {', '.join(genres)}.\n"
-                f'Request: "{text.strip()}"\n'
-                "Which genres and which decade does the request require? Answer as JSON like "
-                '{"genres": ["Comedy"], "decade": "1990s"}, with [] and null for none.'
-            ),
+            "content": f'Genres: {", ".join(genres)}.\nRequest: "a funny movie from the 70s"',
         },
+        {"role": "assistant", "content": '{"genres": ["Comedy"], "decade": "1970s"}'},
+        {"role": "user", "content": 'Request: "a sci-fi adventure"'},
+        {"role": "assistant", "content": '{"genres": ["Sci-Fi", "Adventure"], "decade": null}'},
+        {"role": "user", "content": f'Request: "{text.strip()}"'},
     ]
 
 

@@ -19,6 +19,7 @@ from dataclasses import asdict
 import torch
 
 from backend.data.base import Dataset
+from backend.explain import with_reasons
 from backend.models.latentcrs.config import TRAINING_FIELDS, LatentCRSConfig
 from backend.models.latentcrs.filter import extract, hard_filter
 from backend.models.latentcrs.intents import behaviour_embeddings
@@ -141,14 +142,19 @@ class LatentCRS(CRSModel):
                 ),
             ]
             prompt_tokens, completion_tokens = embed_tokens[row], int(cfg.text_encoder == "smollm2")
+            rank_by = row_scores
             if constraints is not None:
                 kept, steps = self._filter(constraints[row], exclude)
                 # The films that meet the constraints first, each group in the model's order.
-                row_scores = {i: v + (1e6 if i in kept else 0.0) for i, v in row_scores.items()}
+                rank_by = {i: v + (1e6 if i in kept else 0.0) for i, v in row_scores.items()}
                 trace += steps
                 prompt_tokens += extract_usage[0] // len(dialogues)
                 completion_tokens += extract_usage[1] // len(dialogues)
-            ranked = self._ranked(row_scores, exclude)
+            ranked = [
+                s.model_copy(update={"score": row_scores[s.item_id]})  # the model's own score
+                for s in self._ranked(rank_by, exclude)
+            ]
+            ranked = with_reasons(ranked, dialogue, self.catalog)
             if cfg.variant == "V" and ranked:
                 ranked, step, used = self._verified(ranked, texts[row])
                 trace.append(step)
