@@ -33,8 +33,6 @@ ONE_TURN: dict[str, tuple[str, str, list[str], list[str] | None]] = {
     "B-minilm": ("LatentCRS_B (MiniLM)", "latentcrs", ["variant=B"], []),
     "B-smollm2": ("LatentCRS_B (SmolLM2)", "latentcrs", ["variant=B", "text_encoder=smollm2"], ["text_encoder=smollm2"]),
     "F-rules": ("LatentCRS_F (rules only)", "latentcrs", ["variant=F", "extract=rules"], []),
-    "F": ("LatentCRS_F (SmolLM2 extracts, checked)", "latentcrs", ["variant=F"], []),
-    "V": ("LatentCRS_V", "latentcrs", ["variant=V"], []),
     "filter-popularity": ("control: hard filter + popularity", "latentcrs", ["variant=F", "ranker=popularity"], []),
     "filter-sasrec": ("control: hard filter + SASRec", "latentcrs", ["variant=F", "ranker=sasrec"], []),
     "no-inference": ("w/o Inference Model", "latentcrs", ["variant=B", "ablation=no_inference"], ["ablation=no_inference"]),
@@ -43,7 +41,18 @@ ONE_TURN: dict[str, tuple[str, str, list[str], list[str] | None]] = {
     "no-augment": ("w/o Data Augmentation", "latentcrs", ["variant=B", "ablation=no_augment"], ["ablation=no_augment"]),
     "no-em": ("w/o EM (prior only)", "latentcrs", ["variant=B", "ablation=no_em"], ["ablation=no_em"]),
 }  # fmt: skip
-MULTI_TURN = ("sasrec", "B-minilm", "F", "V")
+# Table 3's rows run on a sample (the first SAMPLE test users), as the paper runs its LLM methods:
+# the LLM rows, and beside them the rows they are compared with.
+SAMPLE = 200
+SAMPLED: dict[str, tuple[str, str, list[str]]] = {
+    "llm-zero-shot@sample": ("SmolLM2 alone (llm-zero-shot, grounded)", "llm-zero-shot", []),
+    "sasrec@sample": ("SASRec alone", "sasrec", []),
+    "B-minilm@sample": ("LatentCRS_B (MiniLM)", "latentcrs", ["variant=B"]),
+    "F-rules@sample": ("LatentCRS_F (rules only)", "latentcrs", ["variant=F", "extract=rules"]),
+    "F@sample": ("LatentCRS_F (SmolLM2 extracts, checked)", "latentcrs", ["variant=F"]),
+    "V@sample": ("LatentCRS_V", "latentcrs", ["variant=V"]),
+}
+MULTI_TURN = ("sasrec", "B-minilm", "F", "V")  # keys of SAMPLED without "@sample"
 HELDOUT_SASREC = "checkpoint={}/sasrec/movielens-100k-heldout"
 # The paper's figures (ML-1M; R@5, N@5, R@20, N@20; S@3, S@5, AT; tokens in / out).
 PAPER = {
@@ -72,22 +81,27 @@ def _sets(items: list[str]) -> list[str]:
     return [arg for s in items for arg in ("--set", s)]
 
 
+def _eval(runs: Path, name: str, model: str, sets: list[str], limit: int) -> dict:
+    out = runs / f"{name}.json"
+    if model == "sasrec":
+        sets = [HELDOUT_SASREC.format(get_settings().checkpoints)]
+    if not out.is_file():
+        crs("eval", model, "--dataset", "movielens-100k-heldout", "--split", "test",
+            "--history", "--ks", "5,20", "--limit", str(limit), *_sets(sets),
+            "--out", str(out))  # fmt: skip
+    result = json.loads(out.read_text())
+    return {"name": name, "n": result["n"], **{k: result["metrics"][k] for k in METRICS}}
+
+
 def one_turn(runs: Path, limit: int) -> list[dict]:
-    checkpoints = get_settings().checkpoints
+    """Every user of the test split (Tables 2 and 5), then the sample (Table 3)."""
     rows = []
     for name, (row, model, sets, training) in ONE_TURN.items():
         if training is not None:
             crs("train", "latentcrs", "--skip-existing", *_sets(training))
-        if model == "sasrec":
-            sets = [HELDOUT_SASREC.format(checkpoints)]
-        out = runs / f"{name}.json"
-        if not out.is_file():
-            crs("eval", model, "--dataset", "movielens-100k-heldout", "--split", "test",
-                "--history", "--ks", "5,20", "--limit", str(limit or 100000), *_sets(sets),
-                "--out", str(out))  # fmt: skip
-        result = json.loads(out.read_text())
-        rows.append({"name": name, "row": row, "n": result["n"],
-                     **{k: result["metrics"][k] for k in METRICS}})  # fmt: skip
+        rows.append({**_eval(runs, name, model, sets, limit or 100000), "row": row})
+    for name, (row, model, sets) in SAMPLED.items():
+        rows.append({**_eval(runs, name, model, sets, min(SAMPLE, limit or SAMPLE)), "row": row})
     return rows
 
 
@@ -102,7 +116,9 @@ def tokens(names: list[str], n: int) -> list[dict]:
     histories = [dataset.extra["context_histories"]["test"][d.user_id] for d in dialogues]
     out = []
     for name in names:
-        row, _, sets, _ = ONE_TURN[name]
+        row, _, sets = (
+            SAMPLED[f"{name}@sample"] if f"{name}@sample" in SAMPLED else ONE_TURN[name][:3]
+        )
         model = create_model("latentcrs", dataset, dict(s.split("=", 1) for s in sets))
         replies = model.respond_batch([d.prefix(1) for d in dialogues], histories)
         out.append({
@@ -114,12 +130,11 @@ def tokens(names: list[str], n: int) -> list[dict]:
 
 
 def multi_turn(runs: Path, n: int) -> list[dict]:
-    checkpoints = get_settings().checkpoints
     rows = []
     for name in MULTI_TURN:
-        row, model, sets, _ = ONE_TURN[name]
+        row, model, sets = SAMPLED[f"{name}@sample"]
         if model == "sasrec":
-            sets = [HELDOUT_SASREC.format(checkpoints)]
+            sets = [HELDOUT_SASREC.format(get_settings().checkpoints)]
         out = runs / f"simulate-{name}-{n}.json"
         if not out.is_file():
             crs("simulate", model, "--dataset", "movielens-100k", "--n", str(n),
@@ -128,6 +143,31 @@ def multi_turn(runs: Path, n: int) -> list[dict]:
         rows.append({"name": name, "row": row, "n": result["episodes"],
                      **{k: result[k] for k in ("S@1", "S@3", "S@5", "AT", "tokens_per_episode")}})  # fmt: skip
     return rows
+
+
+def markdown(summary: dict) -> str:
+    """The summary's tables as README Markdown (figures to 4 places, tokens to 1)."""
+    lines = ["| row | n | R@5 | N@5 | R@20 | N@20 |", "|---|---|---|---|---|---|"]
+    for r in summary["one_turn"]:
+        lines.append(
+            f"| {r['row']} | {r['n']} | " + " | ".join(f"{r[k]:.4f}" for k in METRICS) + " |"
+        )
+    lines += ["", "| row | LLM tokens in | out |", "|---|---|---|"]
+    lines += [
+        f"| {r['row']} | {r['prompt_tokens']:.1f} | {r['completion_tokens']:.1f} |"
+        for r in summary["tokens"]
+    ]
+    if summary["multi_turn"]:
+        lines += [
+            "",
+            "| row | users | S@1 | S@3 | S@5 | AT | tokens / conversation |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['row']} | {r['n']} | {r['S@1']:.2f} | {r['S@3']:.2f} | {r['S@5']:.2f} | {r['AT']:.2f} | {r['tokens_per_episode']:.0f} |"
+            for r in summary["multi_turn"]
+        ]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -143,10 +183,12 @@ def main() -> None:
         "dataset": "movielens-100k-heldout (test split, one turn)",
         "one_turn": one_turn(runs, args.limit),
         "tokens": tokens(["B-minilm", "B-smollm2", "F-rules", "F", "V"], args.tokens),
+        "sample": f"the first {SAMPLE} test users",
         "multi_turn": multi_turn(runs, args.simulate) if args.simulate else [],
         "paper": PAPER,
     }
     write_summary(args.out, summary)
+    print(markdown(summary))
 
 
 if __name__ == "__main__":

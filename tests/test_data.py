@@ -349,7 +349,14 @@ def test_inspired_pecrs_placeholder_count_mismatch(tmp_path):
 
 
 def test_load_dataset_names_cache_and_errors(tmp_path, monkeypatch):
-    assert DATASETS == ("movielens-100k", "llm-redial", "redial", "inspired", "inspired-raw")
+    assert DATASETS == (
+        "movielens-100k",
+        "movielens-100k-heldout",
+        "llm-redial",
+        "redial",
+        "inspired",
+        "inspired-raw",
+    )
     first = load_dataset("redial", FIXTURES / "redial")
     assert load_dataset("redial", FIXTURES / "redial" / ".." / "redial") is first
     monkeypatch.setenv("CRS_DATA_DIR", str(FIXTURES))
