@@ -33,8 +33,8 @@ ONE_TURN: dict[str, tuple[str, str, list[str], list[str] | None]] = {
     "B-minilm": ("LatentCRS_B (MiniLM)", "latentcrs", ["variant=B"], []),
     "B-smollm2": ("LatentCRS_B (SmolLM2)", "latentcrs", ["variant=B", "text_encoder=smollm2"], ["text_encoder=smollm2"]),
     "F-rules": ("LatentCRS_F (rules only)", "latentcrs", ["variant=F", "extract=rules"], []),
-    "filter-popularity": ("control: hard filter + popularity", "latentcrs", ["variant=F", "ranker=popularity"], []),
-    "filter-sasrec": ("control: hard filter + SASRec", "latentcrs", ["variant=F", "ranker=sasrec"], []),
+    "filter-popularity": ("control: hard filter (rules) + popularity", "latentcrs", ["variant=F", "extract=rules", "ranker=popularity"], []),
+    "filter-sasrec": ("control: hard filter (rules) + SASRec", "latentcrs", ["variant=F", "extract=rules", "ranker=sasrec"], []),
     "no-inference": ("w/o Inference Model", "latentcrs", ["variant=B", "ablation=no_inference"], ["ablation=no_inference"]),
     "direct-kl": ("direct KL Align", "latentcrs", ["variant=B", "ablation=direct_kl"], ["ablation=direct_kl"]),
     "no-recloss": ("w/o Recloss", "latentcrs", ["variant=B", "ablation=no_recloss"], ["ablation=no_recloss"]),
@@ -176,9 +176,15 @@ def main() -> None:
     parser.add_argument("--simulate", type=int, default=50, help="users simulated (0 = none)")
     parser.add_argument("--tokens", type=int, default=50, help="test users for Table 6")
     parser.add_argument("--out", type=Path, default=Path("results/latentcrs-study.json"))
+    parser.add_argument(
+        "--only-simulate", action="store_true", help="just the multi-turn runs (to run beside)"
+    )
     args = parser.parse_args()
     runs = get_settings().CRS_HOME / "runs" / "latentcrs-study"
     runs.mkdir(parents=True, exist_ok=True)
+    if args.only_simulate:
+        multi_turn(runs, args.simulate)
+        return
     summary = {
         "dataset": "movielens-100k-heldout (test split, one turn)",
         "one_turn": one_turn(runs, args.limit),

@@ -60,11 +60,13 @@ class LatentCRSConfig(ModelConfig):
     alpha_m: float = 5.0  # α^M of Eq. 11, the generative model's recommendation loss
     alpha_e: float = 5.0  # α^E of Eq. 17, the inference model's recommendation loss
     negatives: int = 0  # n of Eq. 8; 0 = the whole catalog (1,682 films fit one softmax)
-    lr: float = 1e-3
+    # Chosen on the valid split's LLM-written descriptions, LatentCRS_B R@20: lr 1e-3 with 4 EM
+    # iterations 0.317, 16 iterations 0.345; lr 3e-3 with 16 iterations 0.354, 32 iterations 0.364.
+    lr: float = 3e-3
     batch_size: int = 256
     warmup_epochs: int = 20  # Algorithm 1 line 1: the inference model alone (Eq. 16)
     prior_epochs: int = 20  # line 2: the generative model with q fixed (Eq. 11)
-    em_iterations: int = 4  # lines 3-9: E-step then M-step
+    em_iterations: int = 32  # lines 3-9: E-step then M-step
     epochs_per_step: int = 5  # epochs of each E-step and each M-step
     segments: int = 5  # augmentation: random segments of each user's sequence (§5.1)
     max_history: int = 25  # items of a sequence the recommender reads (the authors' 25)
