@@ -356,6 +356,7 @@ def test_load_dataset_names_cache_and_errors(tmp_path, monkeypatch):
         "redial",
         "inspired",
         "inspired-raw",
+        "u-need",
     )
     first = load_dataset("redial", FIXTURES / "redial")
     assert load_dataset("redial", FIXTURES / "redial" / ".." / "redial") is first

@@ -12,6 +12,7 @@ from backend.data.inspired import load_inspired
 from backend.data.llm_redial import embedded_root, load_llm_redial
 from backend.data.movielens import default_root, load_movielens_100k
 from backend.data.redial import load_redial
+from backend.data.u_need import load_u_need
 from backend.settings import get_settings
 
 __all__ = ["DATASETS", "DataFormatError", "Dataset", "load_dataset"]
@@ -24,6 +25,7 @@ _LOADERS: dict[str, tuple[str | None, Callable[[Path], Dataset]]] = {
     "redial": ("redial", load_redial),
     "inspired": ("inspired", lambda path: load_inspired(path, source="pecrs")),
     "inspired-raw": ("inspired", lambda path: load_inspired(path, source="raw")),
+    "u-need": ("u_need_samples", load_u_need),
 }
 _SHIPPED = {
     "movielens-100k": default_root,
