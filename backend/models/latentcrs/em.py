@@ -285,13 +285,13 @@ def train_latentcrs(
     centroids, clusters = fit_intents(S.numpy(), cfg.n_intents, cfg.seed)
     labels = intent_labels(clusters, [catalog.ids[t] for _, t in pairs], catalog, cfg.n_intents)
     items = backbone.net.item_emb.weight[1:].detach().float().cpu()
-    trainer = EMTrainer(cfg, torch.from_numpy(centroids), items, embedder.dim)
+    trainer = EMTrainer(cfg, torch.from_numpy(centroids), items, x.shape[1])
     log.info(
         "latentcrs: %d training instances, %d valid, K=%d, x %d-d (%s)",
         len(train),
         len(valid),
         cfg.n_intents,
-        embedder.dim,
+        x.shape[1],
         cfg.text_encoder,
     )
 

@@ -145,24 +145,39 @@ def check_answer(
     return out
 
 
-def extract(dialogues: Sequence[Dialogue], catalog: Catalog, llm: LLM | None) -> list[Constraints]:
-    """Each conversation's constraints: by the LLM and checked, or by rule alone (``llm`` None)."""
-    genres = sorted({g for item in catalog for g in item.genres})
-    people = sorted({p for item in catalog for names in item.people.values() for p in names})
+@dataclass(frozen=True)
+class Vocabulary:
+    """What a constraint may name in a catalog: its genres and the people it credits."""
+
+    genres: tuple[str, ...]
+    people: tuple[str, ...]
+
+    @classmethod
+    def of(cls, catalog: Catalog) -> Vocabulary:
+        return cls(
+            tuple(sorted({g for item in catalog for g in item.genres})),
+            tuple(sorted({p for item in catalog for names in item.people.values() for p in names})),
+        )
+
+
+def extract(
+    dialogues: Sequence[Dialogue],
+    catalog: Catalog,
+    llm: LLM | None,
+    vocabulary: Vocabulary | None = None,
+) -> list[Constraints]:
+    """Each conversation's constraints: by the LLM and checked, or by rule alone (``llm`` None);
+    ``vocabulary`` is the catalog's (read from it when not given)."""
+    vocabulary = vocabulary or Vocabulary.of(catalog)
+    genres, people = set(vocabulary.genres), vocabulary.people
     texts = [user_words(d, catalog) for d in dialogues]
     if llm is None:
-        return [check_answer("", t, set(genres), people) for t in texts]
+        return [check_answer("", t, genres, people) for t in texts]
     answers = llm.chat_batch(
-        [extraction_prompt(t, genres) for t in texts], GenerationConfig(max_new_tokens=40)
+        [extraction_prompt(t, vocabulary.genres) for t in texts],
+        GenerationConfig(max_new_tokens=40),
     )
-    return [check_answer(a, t, set(genres), people) for a, t in zip(answers, texts, strict=True)]
-
-
-def meets(item: Item, constraints: Constraints, skip: int = 0) -> bool:
-    """Whether ``item`` has every asked genre (any of each word's genres), the decade and the
-    people; the last ``skip`` requirements (in `relaxation_order`) are not checked."""
-    checks = relaxation_order(constraints)[: len(relaxation_order(constraints)) - skip]
-    return all(check(item) for _, check in checks)
+    return [check_answer(a, t, genres, people) for a, t in zip(answers, texts, strict=True)]
 
 
 def relaxation_order(constraints: Constraints) -> list[tuple[str, object]]:
@@ -189,8 +204,9 @@ def hard_filter(
     """The ids of ``candidates`` that meet the constraints, and the requirements relaxed (last
     first) because fewer than ``min_kept`` films met them all."""
     order = relaxation_order(constraints)
-    for skip in range(len(order) + 1):
-        kept = {i.id for i in candidates if meets(i, constraints, skip)}
-        if len(kept) >= min_kept or skip == len(order):
-            return kept, [name for name, _ in order[len(order) - skip :]]
+    for keep in range(len(order), -1, -1):
+        checks = [check for _, check in order[:keep]]
+        kept = {i.id for i in candidates if all(check(i) for check in checks)}
+        if len(kept) >= min_kept or keep == 0:
+            return kept, [name for name, _ in order[keep:]]
     return set(), []

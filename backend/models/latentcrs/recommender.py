@@ -21,10 +21,10 @@ import torch
 from backend.data.base import Dataset
 from backend.explain import with_reasons
 from backend.models.latentcrs.config import TRAINING_FIELDS, LatentCRSConfig
-from backend.models.latentcrs.filter import extract, hard_filter
+from backend.models.latentcrs.filter import Vocabulary, extract, hard_filter
 from backend.models.latentcrs.intents import behaviour_embeddings
 from backend.models.latentcrs.model import GenerativeModel
-from backend.models.latentcrs.text import PROMPT, TextEmbedder, user_text
+from backend.models.latentcrs.text import TextEmbedder, embedding_prompt, user_text
 from backend.models.popularity import item_counts
 from backend.models.sasrec import SASRec, SASRecConfig
 from backend.models.templates import recommendation_text
@@ -67,11 +67,11 @@ class LatentCRS(CRSModel):
         self.labels = saved["labels"]
         d = self.intents.shape[1]
         state = saved["nets"]["generative"]
-        self.gen = GenerativeModel(
-            d, self.embedder.dim, self.config.ffn_hidden, 0.0, state["items"]
-        )
+        text_dim = state["project_x.weight"].shape[1]  # the encoder it was trained with
+        self.gen = GenerativeModel(d, text_dim, self.config.ffn_hidden, 0.0, state["items"])
         self.gen.load_state_dict(state)
         self.gen.eval()
+        self.vocabulary = Vocabulary.of(self.catalog)
         counts = item_counts(dataset)
         self.popularity = torch.tensor([[float(counts.get(i, 0)) for i in self.catalog.ids]])
         self.version = f"{ckpt.name}@{int((ckpt / 'model.pt').stat().st_mtime)}"
@@ -104,11 +104,13 @@ class LatentCRS(CRSModel):
             log_f = self.gen.log_f(S, x, self.intents)
             scores = self.gen.scores(S, x, self.intents, cfg.score)
             if cfg.ranker == "sasrec":
-                scores = self.backbone.net.scores(self._states(seqs))[:, 1:]
+                scores = self.backbone.net.scores(S)[:, 1:]
         if cfg.ranker == "popularity":
             scores = self.popularity.expand(len(dialogues), -1)
         llm = self._llm() if cfg.variant != "B" and cfg.extract == "llm" else None
-        constraints = extract(dialogues, self.catalog, llm) if cfg.variant != "B" else None
+        constraints = (
+            extract(dialogues, self.catalog, llm, self.vocabulary) if cfg.variant != "B" else None
+        )
         extract_usage = (
             (llm.last_usage.prompt_tokens, llm.last_usage.completion_tokens) if llm else (0, 0)
         )
@@ -131,7 +133,7 @@ class LatentCRS(CRSModel):
                 TraceStep(
                     name=f"words ({cfg.text_encoder})",
                     input=texts[row],
-                    output=f"x, {self.embedder.dim}-d",
+                    output=f"x, {x.shape[1]}-d",
                 ),
                 TraceStep(
                     name="intent p(m|S,x)",
@@ -187,14 +189,13 @@ class LatentCRS(CRSModel):
         if self.config.text_encoder != "smollm2":
             return [0] * len(texts)
         llm = self._llm()
-        return [llm.count_tokens(PROMPT.format(t)) for t in texts]
+        return [llm.count_tokens(embedding_prompt(t)) for t in texts]
 
     def _filter(self, constraints, exclude: set[str]) -> tuple[set[str], list[TraceStep]]:
         """The ids of the unseen films that meet ``constraints`` (all of them when there is no
         constraint), and the trace of how they were read and applied."""
         candidates = [self.catalog[i] for i in self.catalog.ids if i not in exclude]
         kept, relaxed = hard_filter(candidates, constraints, self.config.min_kept)
-        has_people = any(item.people for item in self.catalog)
         steps = [
             TraceStep(
                 name="constraints (hard filter)",
@@ -204,7 +205,9 @@ class LatentCRS(CRSModel):
                     "from_llm": constraints.from_llm,
                     "added_by_rule": constraints.added_by_rule,
                     "dropped": constraints.dropped,
-                    "people": "matched by name" if has_people else "no cast data in this catalog",
+                    "people": "matched by name"
+                    if self.vocabulary.people
+                    else "no cast data in this catalog",
                 },
             ),
             TraceStep(

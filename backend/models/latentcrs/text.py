@@ -53,40 +53,35 @@ def user_text(dialogue: Dialogue) -> str:
     return " ".join(t.text.strip() for t in dialogue.turns if t.role == "user" and t.text.strip())
 
 
+def embedding_prompt(text: str) -> str:
+    """The paper's prompt around a user's words (their double quotes made single)."""
+    return PROMPT.format(text.replace('"', "'"))
+
+
 class TextEmbedder:
-    """Texts -> **x** (L2-normalised float32 rows), cached on disk per encoder and text set."""
+    """Texts -> **x** (L2-normalised float32 rows), cached on disk per encoder and text set; the
+    width is the encoder's (384 for MiniLM, the LLM's hidden size for ``smollm2``)."""
 
     def __init__(self, encoder: str, device: str = "auto"):
         self.encoder = encoder
         self.device = device
-        self.last_tokens = 0  # LLM tokens read by the last call (Table 6)
-
-    @property
-    def dim(self) -> int:
-        return 576 if self.encoder == "smollm2" else 384
 
     def _compute(self, texts: list[str]) -> np.ndarray:
         if self.encoder == "minilm":
             from backend.encoder import get_encoder
 
-            self.last_tokens = 0  # no LLM is read: the sentence encoder's tokens cost nothing
             return get_encoder(self.device).encode(texts)
         from backend.llm import LocalLLM, get_llm
 
         llm = get_llm()
-        prompts = [PROMPT.format(t.replace('"', "'")) for t in texts]
+        prompts = [embedding_prompt(t) for t in texts]
         if isinstance(llm, LocalLLM):
-            vectors = llm.embed(prompts, pooling="last")
-        else:  # an endpoint has no hidden states: its /embeddings stands in
-            vectors = llm.embed(prompts)
-        self.last_tokens = llm.last_usage.prompt_tokens
-        return vectors
+            return llm.embed(prompts, pooling="last")
+        return llm.embed(prompts)  # an endpoint has no hidden states: its /embeddings stands in
 
     def __call__(self, texts: list[str], cache: bool = False) -> np.ndarray:
         """One row per text; ``cache`` keeps the whole set on disk (training and evaluation
         sets), a live request is computed each time."""
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
         if not cache:
             return self._compute(texts).astype(np.float32)
         unique = sorted(set(texts))
