@@ -130,6 +130,18 @@ def distinct_per_response(hypotheses: Sequence[str], n: int) -> float:
     return len(unique) / len(hypotheses)
 
 
+def distinct_mean(hypotheses: Sequence[str], n: int) -> float:
+    """Distinct-n as the pre-sales paper defines it (App. D): each response's distinct n-grams
+    over its n-grams, averaged over the responses (a response too short for one n-gram counts 0).
+
+    Same tokenisation as `distinct`. 0.0 for an empty corpus.
+    """
+    if not hypotheses:
+        return 0.0
+    ratios = [len(set(g)) / len(g) if (g := _ngrams(hyp, n)) else 0.0 for hyp in hypotheses]
+    return sum(ratios) / len(ratios)
+
+
 def item_presence_f1(predicted: Sequence[bool], gold: Sequence[bool]) -> dict[str, float]:
     """Precision, recall and F-1 of "the turn recommends an item" (the positive class).
 
