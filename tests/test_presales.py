@@ -351,3 +351,40 @@ def test_rank_scores_and_dist1_per_response():
     assert ranks["accuracy"] == 0.5 and ranks["mrr@5"] == pytest.approx((1 + 1 / 3) / 2)
     # per response, then averaged: "a a" = 1/2, "b c" = 1
     assert distinct_mean(["a a", "b c"], 1) == 0.75
+
+
+# ----------------------------------------------------------------------------- the hand check
+
+
+REDIAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "redial"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "presales-labels.json"
+
+
+@pytest.fixture(scope="module")
+def redial_rows():
+    if not REDIAL.is_dir():
+        pytest.skip("ReDial is not beside the repository (../shared/data/redial)")
+    from backend.data.redial import load_redial
+    from backend.models.presales.handcheck import silver_rows
+
+    return silver_rows(load_redial(REDIAL))
+
+
+@pytest.mark.parametrize("task", ["understand", "elicit", "recommend", "generate"])
+def test_the_fixture_silver_labels_are_what_the_rules_derive(task, redial_rows):
+    from backend.models.presales.handcheck import load
+
+    derived = {(r["dialogue_id"], r["turn"]): r["silver"] for r in redial_rows[task]}
+    rows = load(task)
+    assert len(rows) == 50 and all(r["hand"] for r in rows)
+    for row in rows:
+        assert derived[row["dialogue_id"], row["turn"]] == row["silver"], row["text"]
+        assert row["hand"] == row["silver"] or row["note"], "a correction says why"
+
+
+def test_the_reported_agreement_is_the_fixtures():
+    from backend.models.presales.handcheck import TASKS, agreement, load
+
+    reported = json.loads(RESULTS.read_text())
+    assert reported == {task: agreement(load(task)) for task in TASKS}
+    assert reported["understand"]["exact"] < 1  # the check did correct something

@@ -34,8 +34,10 @@ from backend.models.presales.candidates import candidate_set
 from backend.models.presales.schema import TASKS, ContextTurn, Example, Pair
 from backend.types import Dialogue, Turn
 
+# A genre word or its plural ("thrillers", "westerns").
 _GENRE_PATTERNS = [
-    (re.compile(rf"\b{re.escape(w)}\b", re.IGNORECASE), genres) for w, genres in GENRE_WORDS.items()
+    (re.compile(rf"\b{re.escape(w)}(?:s|es)?\b", re.IGNORECASE), genres)
+    for w, genres in GENRE_WORDS.items()
 ]
 _YEAR = re.compile(r"\b(?:19|20)\d\d\b(?!'?s)")
 _PAREN_YEAR = re.compile(r"\(\s*(?:19|20)\d\d\s*\)")
