@@ -153,6 +153,7 @@ def _load_builtin_models() -> None:
         llmcrs,
         pecrs,
         popularity,
+        presales,
         retrieval,
         sasrec,
     )

@@ -59,6 +59,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--test", default="150,50")
     p.add_argument("--steps", type=int, default=160, help="full-model steps (folds: half)")
     p.add_argument("--stage1", type=int, default=40, help="CRS recommendation-only steps")
+    p.add_argument(
+        "--partner",
+        choices=("crs", "llm"),
+        help="only train and predict with this partner (its three runs), e.g. one process per "
+        "partner side by side with OMP_NUM_THREADS=1; then run without it for the rest",
+    )
     p.add_argument("--out", type=Path, default=Path("results/presales-study.json"))
     return p.parse_args()
 
@@ -248,10 +254,34 @@ class Study:
             "CRS→LLM": self.llm_predictions(crs2llm, test, "llm-crs2llm-test", crs_out),
             "LLM→CRS": self.crs_predictions(llm2crs, test, "crs-llm2crs-test", hints),
         }
+        self.select(crs_rows, llm_rows, crs2llm, llm2crs, crs_out, hints)
         preds["score mix"] = self.score_mix(preds["CRS"], preds["LLM"])
         preds["majority / chance"] = majority_predictions(self.split["train"], test, self.options)
         self.write_outputs(preds)
         return self.tables(preds)
+
+    def select(self, crs_rows, llm_rows, crs2llm: Path, llm2crs: Path, crs_out, hints) -> None:
+        """The variant the demo serves, by the rule fixed before any test figure: the best dev
+        mean of understanding F1, elicitation F1, recommendation accuracy and Dist-1."""
+        dev = self.split["dev"]
+        preds = {
+            "llm": {r["example_id"]: r["output"] for r in llm_rows if r["split"] == "dev"},
+            "crs": {r["example_id"]: r["output"] for r in crs_rows if r["split"] == "dev"},
+            "crs2llm": self.llm_predictions(crs2llm, dev, "llm-crs2llm-dev", crs_out),
+            "llm2crs": self.crs_predictions(llm2crs, dev, "crs-llm2crs-dev", hints),
+        }
+        keys = {"understand": "f1", "elicit": "f1", "recommend": "accuracy", "generate": "dist1"}
+        self.dev_scores = {
+            variant: {
+                task: score_task(task, [e for e in dev if e.task == task], rows)[key]
+                for task, key in keys.items()
+            }
+            for variant, rows in preds.items()
+        }
+        rule = {v: sum(s.values()) / len(s) for v, s in self.dev_scores.items()}
+        self.served = max(rule, key=rule.__getitem__)
+        served = {"variant": self.served, "dev_mean": rule, "options": self.options}
+        (self.root / "served.json").write_text(json.dumps(served, indent=2))
 
     def score_mix(self, crs: dict, llm: dict) -> dict:
         """p = α CRS + (1-α) LLM over the 20 candidates (softmax of each), α chosen on dev —
@@ -334,6 +364,7 @@ class Study:
         return {
             "tables": tables,
             "mix_alpha": self.alpha,
+            "dev_selection": {"scores": self.dev_scores, "served": self.served},
             "examples": {
                 s: {t: len([e for e in es if e.task == t]) for t in TASKS}
                 for s, es in self.split.items()
@@ -373,8 +404,11 @@ def main() -> None:
     if args.smoke:
         args.train, args.dev, args.test, args.steps, args.stage1 = "12,4", "4,2", "6,2", 8, 4
         args.out = get_settings().CRS_HOME / "presales" / "smoke" / "presales-study.json"
-    summary = Study(args).run()
-    write_summary(args.out, summary)
+    study = Study(args)
+    if args.partner:
+        study.partner_rows(args.partner)
+        return
+    write_summary(args.out, study.run())
 
 
 if __name__ == "__main__":

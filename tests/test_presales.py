@@ -388,3 +388,54 @@ def test_the_reported_agreement_is_the_fixtures():
     reported = json.loads(RESULTS.read_text())
     assert reported == {task: agreement(load(task)) for task in TASKS}
     assert reported["understand"]["exact"] < 1  # the check did correct something
+
+
+# ----------------------------------------------------------------------------- the served model
+
+
+@pytest.mark.parametrize(("variant", "partner"), [("llm2crs", "LLM"), ("crs2llm", "CRS")])
+def test_the_served_collaboration_shows_its_partner_in_the_trace(
+    variant, partner, tiny_llm_dir, tiny_dataset, monkeypatch
+):
+    """Both partners trained for a step on a tiny random LM, then a live turn: the partner's
+    part is a trace step, the ranking leaves mentioned films out and the reply names the top."""
+    from backend.models.presales.crs import CRSConfig, train_crs
+    from backend.models.presales.llm import LLMConfig, train_llm
+    from backend.models.presales.model import Presales, PresalesConfig
+    from backend.models.presales.silver import build_examples
+    from backend.settings import get_settings
+    from backend.types import Dialogue, Turn
+
+    monkeypatch.setenv("CRS_LLM", str(tiny_llm_dir))
+    root = get_settings().CRS_HOME / "presales" / f"test-{variant}"  # CRS_HOME is per session
+    examples = build_examples(tiny_dataset, "train", 10)
+    catalogs = {"tiny": tiny_dataset.catalog}
+    crs_cfg = CRSConfig(stage1_steps=1, stage2_steps=1, eval_every=1, batch_size=1)
+    crs_dir = "crs-llm2crs" if variant == "llm2crs" else "crs-full"
+    llm_dir = "llm-crs2llm" if variant == "crs2llm" else "llm-full"
+    hints = {e.example_id: ("genre: Action", None) for t in examples.values() for e in t}
+    if variant == "llm2crs":
+        crs_cfg = CRSConfig(**{**crs_cfg.__dict__, "fusion": True, "hints": True})
+    train_crs(examples, examples, catalogs, crs_cfg, root / crs_dir, hints)
+    assert (root / crs_dir / "heads.pt").is_file() and (root / crs_dir / "stage1.pt").is_file()
+    train_llm(examples, examples, catalogs, LLMConfig(steps=1, eval_every=1), root / llm_dir)
+    (root / "served.json").write_text(json.dumps({"variant": variant, "options": ["genre"]}))
+
+    model = Presales(tiny_dataset, PresalesConfig(run=f"test-{variant}", trained_on="tiny"))
+    dialogue = Dialogue(
+        id="live",
+        turns=[Turn(role="user", text="I loved Heat (1995), any action movies?", items=["1"])],
+    )
+    reply = model.respond(dialogue)
+    names = [step.name for step in reply.trace]
+    assert f"partner {partner} (recommend)" in names
+    assert {"understand", "elicit", "recommend", "generate"} <= set(names)
+    assert reply.items and "1" not in reply.item_ids
+    assert reply.items[0].title.split(" (")[0] in reply.text
+
+
+def test_without_a_study_the_model_says_which_command_makes_one(tiny_dataset):
+    from backend.models.presales.model import Presales, PresalesConfig
+
+    with pytest.raises(FileNotFoundError, match="scripts/presales_study.py"):
+        Presales(tiny_dataset, PresalesConfig(run="never-run"))

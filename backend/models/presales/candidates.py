@@ -38,7 +38,7 @@ def candidate_set(
         pool = [i.id for i in catalog if i.id not in banned]
     weights = [counts.get(i, 0) + 1 for i in pool]
     picked: dict[str, None] = {}
-    while len(picked) < N_CANDIDATES - 1:
+    while len(picked) < min(N_CANDIDATES - 1, len(pool)):  # a tiny catalog gives fewer
         picked[rng.choices(pool, weights)[0]] = None
     out = [gold, *picked]
     rng.shuffle(out)
@@ -61,7 +61,7 @@ def describe(item: Item, people: int = 2) -> str:
 def lettered(candidates: Sequence[str], catalog: Catalog) -> str:
     """``A: Heat (1995); genre crime ... [SEP] B: ...`` (Table 7's layout)."""
     return " [SEP] ".join(
-        f"{letter}: {describe(catalog[item_id])}"
+        f"{letter}: {describe(catalog[item_id], people=1)}"  # one name each: 20 lines add up
         for letter, item_id in zip(LETTERS, candidates, strict=False)
     )
 

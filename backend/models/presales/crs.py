@@ -29,7 +29,7 @@ from backend.catalog import Catalog
 from backend.llm import best_device, get_llm, option_logprobs, resolve_model_dir, with_lora
 from backend.models.presales.candidates import describe
 from backend.models.presales.prompts import SPECIAL_TOKENS, crs_sequence, crs_target
-from backend.models.presales.schema import Example
+from backend.models.presales.schema import TASKS, Example
 from backend.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -352,7 +352,8 @@ def build_crs(
 def save_crs(net: UniCRS, out_dir: Path) -> None:
     """LoRA (peft's format) and the heads with the item keys they are for."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    net.lm.save_pretrained(out_dir)
+    # The resized embedding is the base's plus mean rows: the trained rows are in heads.pt.
+    net.lm.save_pretrained(out_dir, save_embedding_layers=False)
     heads = {k: v.detach().cpu() for k, v in net.state_dict().items() if not k.startswith("lm.")}
     torch.save({"heads": heads, "keys": net.table.keys}, out_dir / "heads.pt")
 
@@ -382,6 +383,7 @@ def train_crs(
     from backend.models.presales.trainer import Schedule, run_steps
 
     hints = hints or {}
+    out_dir.mkdir(parents=True, exist_ok=True)
     net = build_crs(catalogs, cfg)
 
     def triple(example: Example) -> tuple[Example, str, int | None]:
@@ -391,8 +393,9 @@ def train_crs(
 
     dev_rows = [triple(e) for task in dev.values() for e in task[: cfg.dev_examples]]
 
-    def dev_loss() -> float:
-        return sum(net.loss([r]).item() for r in dev_rows) / max(len(dev_rows), 1)
+    def dev_loss(tasks: tuple[str, ...] = TASKS) -> float:
+        rows = [r for r in dev_rows if r[0].task in tasks]
+        return sum(net.loss([r]).item() for r in rows) / max(len(rows), 1)
 
     groups = [
         {
@@ -437,7 +440,7 @@ def train_crs(
             net,
             optimizer,
             stage1_batch,
-            dev_loss,
+            lambda: dev_loss(("recommend",)),  # what stage 1 trains
             lambda: keep(best),
             Schedule(cfg.stage1_steps, cfg.eval_every),
             out_dir / "stage1_state.pt",

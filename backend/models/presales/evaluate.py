@@ -78,7 +78,7 @@ def crs_predict(
     order = sorted(range(len(cand)), key=lambda i: -cand[i])
     catalog = sorted(scores, key=lambda i: -scores[i])[:CATALOG_TOP]
     return {
-        "text": LETTERS[order[0]],
+        "text": LETTERS[order[0]] if order else "",  # no candidates: the catalog ranking only
         "ranking": [example.candidates[i] for i in order],
         "scores": [round(s, 4) for s in cand],
         "catalog": catalog,

@@ -59,6 +59,7 @@ def train_llm(
     """LoRA instruction tuning; with ``crs_outputs`` (example id -> the CRS's output as text)
     every input carries it (§3.4). The adapter with the lowest dev loss is saved in ``out_dir``."""
     crs_outputs = crs_outputs or {}
+    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     base = LocalLLM(cfg.llm or get_settings().CRS_LLM, device=cfg.device or "auto")
     model = with_lora(base.model, cfg.lora_r, cfg.lora_alpha, 0.0)
@@ -74,9 +75,11 @@ def train_llm(
     pad = tokenizer.pad_token_id
 
     def step_loss(rng: random.Random) -> torch.Tensor:
-        return target_loss(
-            model, collate([rng.choice(r) for r in rows.values()], pad, model.device)
-        )
+        # One example of each task, each run unpadded: a recommendation prompt (20 candidates)
+        # is about three times the others, and padding them all to it would triple the step.
+        picked = [rng.choice(r) for r in rows.values()]
+        losses = [target_loss(model, collate([r], pad, model.device)) for r in picked]
+        return torch.stack(losses).mean()
 
     def dev_loss() -> float:
         total = sum(target_loss(model, collate([r], pad, model.device)).item() for r in dev_rows)
