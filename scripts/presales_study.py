@@ -42,6 +42,7 @@ from backend.models.presales.evaluate import (
 )
 from backend.models.presales.llm import LLMConfig, LLMPartner, train_llm
 from backend.models.presales.paper import PAPER
+from backend.models.presales.report import markdown
 from backend.models.presales.schema import TASKS, Example
 from backend.models.presales.silver import build_examples
 from backend.registry import save_run_files
@@ -64,6 +65,9 @@ def parse() -> argparse.Namespace:
         choices=("crs", "llm"),
         help="only train and predict with this partner (its three runs), e.g. one process per "
         "partner side by side with OMP_NUM_THREADS=1; then run without it for the rest",
+    )
+    p.add_argument(
+        "--markdown", action="store_true", help="print the README tables from --out and stop"
     )
     p.add_argument("--out", type=Path, default=Path("results/presales-study.json"))
     return p.parse_args()
@@ -404,6 +408,9 @@ def main() -> None:
     if args.smoke:
         args.train, args.dev, args.test, args.steps, args.stage1 = "12,4", "4,2", "6,2", 8, 4
         args.out = get_settings().CRS_HOME / "presales" / "smoke" / "presales-study.json"
+    if args.markdown:
+        print(markdown(json.loads(args.out.read_text())))
+        return
     study = Study(args)
     if args.partner:
         study.partner_rows(args.partner)

@@ -1,0 +1,90 @@
+"""The README's Tables 1-4 from the study's JSON: our rows per dataset beside the paper's "All"
+column for the rows they correspond to (our LLM ~ ChatGLM, CRS ~ UniMIND(BART), CRS→LLM ~
+BCRS-CLLM, LLM→CRS ~ CLLM-BCRS: the paper's best pairs in Tables 1-2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROWS = ("majority / chance", "LLM", "CRS", "CRS→LLM", "LLM→CRS", "score mix")
+PAPER_ROWS = {
+    "LLM": "ChatGLM",
+    "CRS": "UniMIND(BART)",
+    "CRS→LLM": "BCRS-CLLM",
+    "LLM→CRS": "CLLM-BCRS",
+}
+GROUPS = ("redial", "llm-redial", "all")
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def table(
+    summary: dict[str, Any],
+    task: str,
+    keys: tuple[str, ...],
+    primary: str,
+    paper_keys: tuple[str, ...],
+) -> str:
+    """One task's table: every measure on all test examples, the primary one per dataset, and
+    the paper's All column for the corresponding row."""
+    head = [*keys, f"{primary} ReDial", f"{primary} LLM-REDIAL"]
+    lines = [
+        "| row | " + " | ".join(head) + " | paper (U-NEED, all): " + " / ".join(paper_keys) + " |",
+        "|---" * (len(head) + 2) + "|",
+    ]
+    paper = summary["paper"][task]
+    for row in ROWS:
+        results = summary["tables"].get(row, {}).get(task)
+        if results is None:
+            continue
+        cells = [_fmt(results["all"].get(k)) for k in keys]
+        cells += [_fmt(results[g].get(primary)) for g in ("redial", "llm-redial")]
+        ref = PAPER_ROWS.get(row)
+        theirs = ""
+        if ref in paper:
+            theirs = f"{ref} " + " / ".join(_fmt(paper[ref]["all"][k]) or "–" for k in paper_keys)
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {theirs} |")
+    return "\n".join(lines)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """Tables 1-4 as Markdown."""
+    n = summary["examples"]["test"]
+    parts = [
+        f"Test examples per task: {n}.",
+        "**Table 1, understanding** (per-sample P / R / F1 of (attribute, value) pairs)",
+        table(
+            summary,
+            "understand",
+            ("precision", "recall", "f1"),
+            "f1",
+            ("precision", "recall", "f1"),
+        ),
+        "**Table 2, elicitation** (P / R / F1 of the attributes; Acc / Hit@5 / MRR@5 of the ranked options)",
+        table(
+            summary,
+            "elicit",
+            ("precision", "recall", "f1", "option_accuracy", "option_hit@5", "option_mrr@5"),
+            "f1",
+            ("precision", "recall", "f1"),
+        ),
+        "**Table 3, recommendation** (the 20 candidates A-T: Acc / Hit@5 / MRR@5; CRS rows also over the whole catalog)",
+        table(
+            summary,
+            "recommend",
+            ("accuracy", "hit@5", "mrr@5", "catalog_accuracy", "catalog_hit@5", "catalog_mrr@5"),
+            "accuracy",
+            ("accuracy", "hit@5", "mrr@5"),
+        ),
+        "**Table 4, generation** (BLEU-1/2, Dist-1 per response)",
+        table(
+            summary,
+            "generate",
+            ("bleu1", "bleu2", "dist1"),
+            "dist1",
+            ("dist1", "relevance", "informativeness"),
+        ),
+    ]
+    return "\n\n".join(parts) + "\n"
