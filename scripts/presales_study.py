@@ -61,10 +61,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=160, help="full-model steps (folds: half)")
     p.add_argument("--stage1", type=int, default=40, help="CRS recommendation-only steps")
     p.add_argument(
-        "--partner",
-        choices=("crs", "llm"),
-        help="only train and predict with this partner (its three runs), e.g. one process per "
-        "partner side by side with OMP_NUM_THREADS=1; then run without it for the rest",
+        "--only",
+        choices=("crs", "llm", "crs2llm", "llm2crs"),
+        help="one part: a partner's three runs and predictions, or one collaboration (after its "
+        "partner); e.g. two processes side by side with OMP_NUM_THREADS=1, then the whole "
+        "command again for the rest and the tables",
     )
     p.add_argument(
         "--markdown", action="store_true", help="print the README tables from --out and stop"
@@ -235,44 +236,66 @@ class Study:
 
     # --- the study
 
-    def run(self) -> dict[str, Any]:
+    def crs_outputs(self, crs_rows: list[dict[str, Any]]) -> dict[str, str]:
+        """The CRS's outputs as the LLM reads them (§3.4), by example id."""
         by_id = {e.example_id: e for e in self.examples}
-        crs_rows = self.partner_rows("crs")
-        llm_rows = self.partner_rows("llm")
-        crs_out = {
+        return {
             r["example_id"]: partner_text(by_id[r["example_id"]], r["output"]) for r in crs_rows
         }
-        hints = {
+
+    def llm_hints(self, llm_rows: list[dict[str, Any]]) -> dict[str, tuple[str, str | None]]:
+        """The LLM's outputs as the CRS reads them (§3.5): the [LLM] text and its pick."""
+        by_id = {e.example_id: e for e in self.examples}
+        return {
             r["example_id"]: (
                 partner_text(by_id[r["example_id"]], r["output"]),
                 pick_of(by_id[r["example_id"]], r["output"]),
             )
             for r in llm_rows
         }
-        crs2llm = self.llm(None, crs_out, name="llm-crs2llm")
-        llm2crs = self.crs(None, hints, name="crs-llm2crs")
-        test = self.split["test"]
+
+    def crs2llm(self, crs_rows: list[dict[str, Any]]) -> tuple[dict, dict]:
+        """CRS→LLM trained on out-of-fold CRS outputs; its dev and test predictions."""
+        crs_out = self.crs_outputs(crs_rows)
+        folder = self.llm(None, crs_out, name="llm-crs2llm")
+        dev = self.llm_predictions(folder, self.split["dev"], "llm-crs2llm-dev", crs_out)
+        return dev, self.llm_predictions(folder, self.split["test"], "llm-crs2llm-test", crs_out)
+
+    def llm2crs(self, llm_rows: list[dict[str, Any]]) -> tuple[dict, dict]:
+        """LLM→CRS trained with out-of-fold LLM hints and picks; its dev and test predictions."""
+        hints = self.llm_hints(llm_rows)
+        folder = self.crs(None, hints, name="crs-llm2crs")
+        dev = self.crs_predictions(folder, self.split["dev"], "crs-llm2crs-dev", hints)
+        return dev, self.crs_predictions(folder, self.split["test"], "crs-llm2crs-test", hints)
+
+    def run(self) -> dict[str, Any]:
+        crs_rows = self.partner_rows("crs")
+        llm_rows = self.partner_rows("llm")
+        crs2llm_dev, crs2llm_test = self.crs2llm(crs_rows)
+        llm2crs_dev, llm2crs_test = self.llm2crs(llm_rows)
         preds = {
             "LLM": {r["example_id"]: r["output"] for r in llm_rows if r["split"] == "test"},
             "CRS": {r["example_id"]: r["output"] for r in crs_rows if r["split"] == "test"},
-            "CRS→LLM": self.llm_predictions(crs2llm, test, "llm-crs2llm-test", crs_out),
-            "LLM→CRS": self.crs_predictions(llm2crs, test, "crs-llm2crs-test", hints),
+            "CRS→LLM": crs2llm_test,
+            "LLM→CRS": llm2crs_test,
         }
-        self.select(crs_rows, llm_rows, crs2llm, llm2crs, crs_out, hints)
+        self.select(crs_rows, llm_rows, crs2llm_dev, llm2crs_dev)
         preds["score mix"] = self.score_mix(preds["CRS"], preds["LLM"])
-        preds["majority / chance"] = majority_predictions(self.split["train"], test, self.options)
+        preds["majority / chance"] = majority_predictions(
+            self.split["train"], self.split["test"], self.options
+        )
         self.write_outputs(preds)
         return self.tables(preds)
 
-    def select(self, crs_rows, llm_rows, crs2llm: Path, llm2crs: Path, crs_out, hints) -> None:
+    def select(self, crs_rows, llm_rows, crs2llm_dev: dict, llm2crs_dev: dict) -> None:
         """The variant the demo serves, by the rule fixed before any test figure: the best dev
         mean of understanding F1, elicitation F1, recommendation accuracy and Dist-1."""
         dev = self.split["dev"]
         preds = {
             "llm": {r["example_id"]: r["output"] for r in llm_rows if r["split"] == "dev"},
             "crs": {r["example_id"]: r["output"] for r in crs_rows if r["split"] == "dev"},
-            "crs2llm": self.llm_predictions(crs2llm, dev, "llm-crs2llm-dev", crs_out),
-            "llm2crs": self.crs_predictions(llm2crs, dev, "crs-llm2crs-dev", hints),
+            "crs2llm": crs2llm_dev,
+            "llm2crs": llm2crs_dev,
         }
         keys = {"understand": "f1", "elicit": "f1", "recommend": "accuracy", "generate": "dist1"}
         self.dev_scores = {
@@ -412,8 +435,14 @@ def main() -> None:
         print(markdown(json.loads(args.out.read_text())))
         return
     study = Study(args)
-    if args.partner:
-        study.partner_rows(args.partner)
+    if args.only in ("crs", "llm"):
+        study.partner_rows(args.only)
+        return
+    if args.only == "crs2llm":
+        study.crs2llm(study.partner_rows("crs"))
+        return
+    if args.only == "llm2crs":
+        study.llm2crs(study.partner_rows("llm"))
         return
     write_summary(args.out, study.run())
 

@@ -439,3 +439,14 @@ def test_without_a_study_the_model_says_which_command_makes_one(tiny_dataset):
 
     with pytest.raises(FileNotFoundError, match="scripts/presales_study.py"):
         Presales(tiny_dataset, PresalesConfig(run="never-run"))
+
+
+def test_the_presales_demo_config_names_valid_models_and_settings():
+    from backend.registry import build_config, model_class
+    from backend.server import ServerConfig
+
+    path = Path(__file__).resolve().parents[1] / "backend" / "configs" / "presales.yaml"
+    config = ServerConfig.from_yaml(path)
+    assert [m.name for m in config.models][0] == "presales"
+    for spec in config.models:
+        build_config(model_class(spec.name), spec.config)
