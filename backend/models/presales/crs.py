@@ -389,7 +389,9 @@ def train_crs(
     def triple(example: Example) -> tuple[Example, str, int | None]:
         text, pick = hints.get(example.example_id, ("", None))
         row = net.table.row(example.dataset, pick) if pick else None
-        return example, text if cfg.hints else "", row
+        # Recommendation takes the LLM through Eq. 4 only: its letters mean nothing to the CRS.
+        shown = cfg.hints and example.task != "recommend"
+        return example, text if shown else "", row
 
     dev_rows = [triple(e) for task in dev.values() for e in task[: cfg.dev_examples]]
 
