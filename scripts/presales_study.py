@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import math
+import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -280,12 +281,39 @@ class Study:
             "LLM→CRS": llm2crs_test,
         }
         self.select(crs_rows, llm_rows, crs2llm_dev, llm2crs_dev)
+        self.catalog_mode(preds)
         preds["score mix"] = self.score_mix(preds["CRS"], preds["LLM"])
         preds["majority / chance"] = majority_predictions(
             self.split["train"], self.split["test"], self.options
         )
         self.write_outputs(preds)
         return self.tables(preds)
+
+    def catalog_mode(self, preds: dict[str, dict]) -> None:
+        """Recommendation over the whole catalog (Table 3's second block), added to ``preds`` as
+        each prediction's ``catalog`` ranking. The CRS ranks every film. An LLM cannot read a
+        catalog, so its 20 lettered candidates are the CRS's top 20, shuffled: they hold the gold
+        only where the CRS put it (the 20-candidate sets hold it by construction and would leak
+        it). CRS→LLM reads the CRS's scores of those 20; LLM→CRS fuses the LLM's pick among them."""
+        rec = [e for e in self.split["test"] if e.task == "recommend"]
+        short = []
+        for e in rec:
+            top = preds["CRS"][e.example_id]["catalog"][:20]
+            random.Random(e.example_id).shuffle(top)
+            short.append(replace(e, candidates=top))
+        crs_short = self.crs_predictions(self.root / "crs-full", short, "crs-full-catalog")
+        llm_short = self.llm_predictions(self.root / "llm-full", short, "llm-full-catalog")
+        crs_text = {e.example_id: partner_text(e, crs_short[e.example_id]) for e in short}
+        crs2llm = self.llm_predictions(
+            self.root / "llm-crs2llm", short, "llm-crs2llm-catalog", crs_text
+        )
+        picks = {e.example_id: ("", pick_of(e, llm_short[e.example_id])) for e in short}
+        llm2crs = self.crs_predictions(self.root / "crs-llm2crs", rec, "crs-llm2crs-catalog", picks)
+        for e in rec:
+            key = e.example_id
+            preds["LLM"][key] = {**preds["LLM"][key], "catalog": llm_short[key]["ranking"]}
+            preds["CRS→LLM"][key] = {**preds["CRS→LLM"][key], "catalog": crs2llm[key]["ranking"]}
+            preds["LLM→CRS"][key] = {**preds["LLM→CRS"][key], "catalog": llm2crs[key]["catalog"]}
 
     def select(self, crs_rows, llm_rows, crs2llm_dev: dict, llm2crs_dev: dict) -> None:
         """The variant the demo serves, by the rule fixed before any test figure: the best dev

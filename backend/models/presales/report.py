@@ -70,7 +70,7 @@ def markdown(summary: dict[str, Any]) -> str:
             "f1",
             ("precision", "recall", "f1"),
         ),
-        "**Table 3, recommendation** (the 20 candidates A-T: Acc / Hit@5 / MRR@5; CRS rows also over the whole catalog)",
+        "**Table 3, recommendation** (the 20 candidates A-T: Acc / Hit@5 / MRR@5; then over the whole catalog, where the LLM letters the CRS's top 20)",
         table(
             summary,
             "recommend",
