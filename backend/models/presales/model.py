@@ -14,6 +14,7 @@ that does (a 135M generator is checked, not trusted).
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -150,7 +151,7 @@ class Presales(CRSModel):
         shown = partner_text(example, out)
         if example.task == "recommend" and out.get("ranking"):
             top = self.catalog[out["ranking"][0]].display_title
-            shown = f"{out['text']}: {top}" if who == "LLM" else f"{shown} (C = {top} …)"
+            shown = f"{out['text']}: {top}" if who == "LLM" else f"{shown} ({out['text']} = {top})"
         return TraceStep(
             name=f"partner {who} ({example.task})",
             output=shown,
@@ -167,7 +168,9 @@ class Presales(CRSModel):
         # The CRS's own top 20 over the catalog are the candidates the LLM letters A-T.
         with torch.no_grad():
             first = crs_predict(self.crs, rec, self.options)
+        # Shuffled, as in training, so that the letter says nothing about the CRS's order.
         rec.candidates = first["catalog"][:N_CANDIDATES]
+        random.Random(dialogue.as_text()).shuffle(rec.candidates)
         out = self._task(rec, trace)
         order = out["ranking"] + [i for i in first["catalog"] if i not in out["ranking"]]
         if self.variant == "llm2crs":
