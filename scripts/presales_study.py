@@ -29,6 +29,7 @@ import torch
 from backend.catalog import Catalog
 from backend.data import load_dataset
 from backend.eval.study import write_summary
+from backend.models.popularity import item_counts
 from backend.models.presales import crossfit
 from backend.models.presales.crs import CRSConfig, build_crs, train_crs
 from backend.models.presales.evaluate import (
@@ -97,7 +98,9 @@ class Study:
         name = "smoke" if args.smoke else "study"
         self.root = get_settings().CRS_HOME / "presales" / name
         self.root.mkdir(parents=True, exist_ok=True)
-        self.catalogs: dict[str, Catalog] = {n: load_dataset(n).catalog for n in DATASETS}
+        datasets = {n: load_dataset(n) for n in DATASETS}
+        self.catalogs: dict[str, Catalog] = {n: d.catalog for n, d in datasets.items()}
+        self.counts = {n: item_counts(d) for n, d in datasets.items()}  # the CRS's prior
         cache = self.root / "examples.jsonl"
         settings = {"train": args.train, "dev": args.dev, "test": args.test}
         if cache.is_file() and json.loads(cache.read_text().splitlines()[0]) == settings:
@@ -139,7 +142,8 @@ class Study:
             cfg = replace(cfg, fusion=True, hints=True)
         train = by_task(crossfit.training_examples(self.split["train"], fold))
         began = time.perf_counter()
-        record = train_crs(train, by_task(self.split["dev"]), self.catalogs, cfg, out, hints)
+        dev = by_task(self.split["dev"])
+        record = train_crs(train, dev, self.catalogs, cfg, out, hints, self.counts)
         self._written(out, partner, {"cfg": cfg.__dict__}, record, began)
         return out
 

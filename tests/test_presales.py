@@ -98,7 +98,10 @@ def test_a_written_letter_is_read_back(answer, index):
 
 def fused(n: int = 6, hidden: int = 8) -> tuple[ItemEmbeddings, FusedCLS]:
     torch.manual_seed(0)
-    return ItemEmbeddings(torch.randn(n, hidden), hidden), FusedCLS(hidden, n)
+    cls = FusedCLS(hidden, n)
+    assert not cls.fuse.weight.any() and not cls.user.weight.any()  # both start at 0
+    torch.nn.init.normal_(cls.user.weight)  # as after training: the user term is live
+    return ItemEmbeddings(torch.randn(n, hidden), hidden), cls
 
 
 def test_with_zero_fusion_weights_eq4_equals_eq2_for_any_pick():

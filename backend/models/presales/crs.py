@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,8 @@ class FusedCLS(nn.Module):
         super().__init__()
         self.user = nn.Linear(hidden, hidden, bias=False)  # W_c
         self.fuse = nn.Linear(hidden, hidden, bias=False)  # W_f
+        # W_c from 0 too: a random projection of the LM state only adds noise to the item prior b.
+        nn.init.zeros_(self.user.weight)
         nn.init.zeros_(self.fuse.weight)
         self.null = nn.Parameter(torch.randn(hidden) * 0.02)
         self.bias = nn.Parameter(torch.zeros(n_items))
@@ -312,10 +316,17 @@ def load_backbone(backbone: str, device: torch.device) -> tuple[Any, Any]:
 
 
 def build_crs(
-    catalogs: dict[str, Catalog], cfg: CRSConfig, checkpoint: Path | None = None
+    catalogs: dict[str, Catalog],
+    cfg: CRSConfig,
+    checkpoint: Path | None = None,
+    counts: dict[str, Counter[str]] | None = None,
 ) -> UniCRS:
     """A fresh CRS over ``catalogs`` (dataset name -> catalog), or the one saved at ``checkpoint``
-    (an item the checkpoint does not know starts from its text: δ = 0, the mean bias)."""
+    (an item the checkpoint does not know starts from its text: δ = 0, the mean bias).
+
+    A fresh b_i starts at log(1 + the item's train count) from ``counts`` (per dataset): a few
+    hundred recommendations cannot teach a prior over thousands of films, and ReDial's
+    recommendations lean on popular ones."""
     from peft import PeftModel
 
     settings = get_settings()
@@ -329,6 +340,11 @@ def build_crs(
     else:
         peft_lm = PeftModel.from_pretrained(lm, checkpoint, is_trainable=True)
     net = UniCRS(peft_lm, tokenizer, table, catalogs, cfg).to(device)
+    if checkpoint is None and counts:
+        with torch.no_grad():
+            for i, key in enumerate(table.keys):
+                name, _, item_id = key.partition(":")
+                net.cls.bias[i] = math.log1p(counts.get(name, Counter()).get(item_id, 0))
     if checkpoint is not None:
         saved = torch.load(checkpoint / "heads.pt", map_location=device)
         state = saved["heads"]
@@ -375,6 +391,7 @@ def train_crs(
     cfg: CRSConfig,
     out_dir: Path,
     hints: Hints | None = None,
+    counts: dict[str, Counter[str]] | None = None,
 ) -> dict[str, Any]:
     """Stage 1 (recommendation) then stage 2 (all tasks, one example of each per step); the
     weights with the lowest dev loss are saved in ``out_dir``; returns the run record."""
@@ -384,7 +401,7 @@ def train_crs(
 
     hints = hints or {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    net = build_crs(catalogs, cfg)
+    net = build_crs(catalogs, cfg, counts=counts)
 
     def triple(example: Example) -> tuple[Example, str, int | None]:
         text, pick = hints.get(example.example_id, ("", None))
@@ -407,9 +424,16 @@ def train_crs(
         },
         {"params": [net.special_rows], "lr": cfg.lr},
         {
-            "params": [p for n, p in net.named_parameters() if n.startswith(("items.", "cls."))],
+            "params": [
+                net.items.proj.weight,
+                net.cls.user.weight,
+                net.cls.fuse.weight,
+                net.cls.null,
+            ],
             "lr": cfg.head_lr,
         },
+        # One row per film, most seen once: at the shared rate they memorise the train golds.
+        {"params": [net.items.delta, net.cls.bias], "lr": cfg.lr},
     ]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
     run_config = {**config_json(cfg), "train": {t: len(v) for t, v in train.items()}}
@@ -444,7 +468,7 @@ def train_crs(
             stage1_batch,
             lambda: dev_loss(("recommend",)),  # what stage 1 trains
             lambda: keep(best),
-            Schedule(cfg.stage1_steps, cfg.eval_every),
+            Schedule(cfg.stage1_steps, max(cfg.stage1_steps // 4, 1)),
             out_dir / "stage1_state.pt",
             {**run_config, "stage": 1},
             cfg.seed,
