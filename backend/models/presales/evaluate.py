@@ -9,6 +9,7 @@ a time, so a stopped run continues where it was.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from backend.journal import Journal
 from backend.models.presales.candidates import LETTERS
 from backend.models.presales.crs import UniCRS
 from backend.models.presales.llm import LLMPartner, messages, understand_output
-from backend.models.presales.metrics import prf, rank_scores, tag_scores, text_scores
+from backend.models.presales.metrics import rank_scores, tag_scores, text_scores
 from backend.models.presales.schema import Example, Pair, format_pairs, parse_pairs
 
 Prediction = dict[str, Any]
@@ -31,8 +32,6 @@ CATALOG_TOP = 50
 def attribute_options(train: Iterable[Example], min_count: int = 2) -> list[str]:
     """The elicitation answers to rank: every label ("genre", "genre: Comedy") seen at least
     ``min_count`` times in train, most frequent first."""
-    from collections import Counter
-
     counts = Counter(p.text() for e in train if e.task == "elicit" for p in e.label)
     return [o for o, n in counts.most_common() if n >= min_count]
 
@@ -179,8 +178,6 @@ def majority_predictions(
 ) -> dict[str, Prediction]:
     """The trivial rows: the most frequent train label (understanding, elicitation), the
     candidates in their given (shuffled) order (recommendation = chance)."""
-    from collections import Counter
-
     out = {}
     for task in ("understand", "elicit"):
         common = Counter(format_pairs(e.label) for e in train if e.task == task).most_common(1)
@@ -192,8 +189,3 @@ def majority_predictions(
         if e.task == "recommend":
             out[e.example_id] = {"text": "A", "ranking": list(e.candidates)}
     return out
-
-
-def per_sample_f1(example: Example, prediction: Prediction) -> float:
-    """One understanding example's F1 (for the trace and for checks)."""
-    return prf(parse_pairs(prediction["text"]), example.label)["f1"]
