@@ -28,7 +28,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from backend.catalog import Catalog
-from backend.llm import best_device, get_llm, option_logprobs, resolve_model_dir, with_lora
+from backend.llm import (
+    best_device,
+    get_llm,
+    load_with_tokens,
+    option_logprobs,
+    with_lora,
+)
 from backend.models.presales.candidates import describe
 from backend.models.presales.prompts import SPECIAL_TOKENS, crs_sequence, crs_target
 from backend.models.presales.schema import TASKS, Example
@@ -301,22 +307,10 @@ class UniCRS(nn.Module):
 
 def load_backbone(backbone: str, device: torch.device) -> tuple[Any, Any]:
     """The backbone (frozen, fp32) and its tokenizer with the segment tokens added."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = resolve_model_dir(backbone)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
-    old = lm.get_input_embeddings().weight.shape[0]
-    lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    with torch.no_grad():
-        weight = lm.get_input_embeddings().weight
-        weight[old:] = weight[:old].mean(0)
+    lm, tokenizer = load_with_tokens(backbone, SPECIAL_TOKENS, device)
     for p in lm.parameters():
         p.requires_grad_(False)
-    return lm.to(device), tokenizer
+    return lm, tokenizer
 
 
 def build_crs(
