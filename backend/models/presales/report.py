@@ -86,5 +86,15 @@ def markdown(summary: dict[str, Any]) -> str:
             "dist1",
             ("dist1", "relevance", "informativeness"),
         ),
+        "Table 4's relevance and informativeness (1-5) come from people: the `presales` "
+        "campaign over these responses (docs/models.md#pre-sales-collaboration).",
     ]
+    chosen = summary.get("dev_selection")
+    if chosen:
+        means = {v: sum(s.values()) / len(s) for v, s in chosen["scores"].items()}
+        ranked = ", ".join(f"{v} {m:.3f}" for v, m in sorted(means.items(), key=lambda x: -x[1]))
+        parts.append(
+            f"Served in the demo: **{chosen['served']}**, the best dev mean of understanding F1, "
+            f"elicitation F1, recommendation accuracy and Dist-1 ({ranked})."
+        )
     return "\n\n".join(parts) + "\n"
