@@ -432,9 +432,50 @@ def test_the_served_collaboration_shows_its_partner_in_the_trace(
     reply = model.respond(dialogue)
     names = [step.name for step in reply.trace]
     assert f"partner {partner} (recommend)" in names
-    assert {"understand", "elicit", "recommend", "generate"} <= set(names)
+    assert {"understand", "elicit", "needs → catalog", "recommend", "generate"} <= set(names)
     assert reply.items and "1" not in reply.item_ids
     assert reply.items[0].title.split(" (")[0] in reply.text
+
+
+@pytest.fixture(scope="module")
+def movielens():
+    from backend.data import load_dataset
+
+    return load_dataset("movielens-100k").catalog
+
+
+def _grounded(catalog, *user_lines: str, understood: str = ""):
+    from backend.models.latentcrs.filter import Vocabulary
+    from backend.models.presales.grounding import ground
+    from backend.types import Dialogue, Turn
+
+    turns = [Turn(role="user", text=line) for line in user_lines]
+    dialogue = Dialogue(id="live", turns=turns)
+    return ground(parse_pairs(understood), dialogue, catalog, Vocabulary.of(catalog))
+
+
+def test_served_needs_narrow_the_catalog_to_films_that_meet_them(movielens):
+    g = _grounded(movielens, "Hi! I'd like a scary movie from the 80s.", understood="genre: Horror")
+    films = [movielens[i] for i in g.allowed]
+    assert len(films) >= 5 and not g.relaxed
+    assert all("Horror" in f.genres and 1980 <= f.year < 1990 for f in films)
+    assert g.constraints.from_llm == ["genre: scary"]  # the model's, supported by the words
+    assert g.constraints.added_by_rule == ["decade: 1980s"]  # said, missed by the model
+
+
+def test_served_needs_drop_what_the_user_did_not_say_or_negated(movielens):
+    g = _grounded(
+        movielens, "Nothing scary please, something funny", understood="genre: Horror; genre: War"
+    )
+    assert g.constraints.dropped == ["genre: Horror", "genre: War"]
+    assert g.allowed and all("Comedy" in movielens[i].genres for i in g.allowed)
+    assert any("Horror" in movielens[i].genres for i in g.allowed)  # not a filter against it
+
+
+def test_served_needs_relax_the_last_one_when_too_few_films_meet_them(movielens):
+    g = _grounded(movielens, "A western from the 1920s?")
+    assert g.relaxed == ["decade: 1920s"]
+    assert all("Western" in movielens[i].genres for i in g.allowed)
 
 
 def test_without_a_study_the_model_says_which_command_makes_one(tiny_dataset):

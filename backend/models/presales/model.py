@@ -23,9 +23,11 @@ import torch
 
 from backend.data.base import Dataset
 from backend.explain import why
+from backend.models.latentcrs.filter import Vocabulary
 from backend.models.presales.candidates import N_CANDIDATES
 from backend.models.presales.crs import CRSConfig, build_crs
 from backend.models.presales.evaluate import crs_predict, llm_predict_batch, partner_text, pick_of
+from backend.models.presales.grounding import ground
 from backend.models.presales.llm import LLMConfig, LLMPartner
 from backend.models.presales.schema import Example, Pair, parse_pairs
 from backend.models.presales.silver import Labeller, annotate
@@ -87,6 +89,7 @@ class Presales(CRSModel):
             adapter = None if self.config.base_url else llm_dir
             self.llm = LLMPartner(llm_cfg, adapter)
         self.labeller = Labeller(self.catalog)
+        self.vocabulary = Vocabulary.of(self.catalog)
         self.version = f"{self.variant}@{int(served.stat().st_mtime)}"
 
     # --- the four tasks on a live dialogue
@@ -162,19 +165,20 @@ class Presales(CRSModel):
     def respond(self, dialogue: Dialogue, history: UserHistory | None = None) -> Reply:
         trace: list[TraceStep] = []
         examples = self._examples(dialogue)
-        self._task(examples["understand"], trace)  # shown in the trace; the CRS reads it back
+        understood = parse_pairs(self._task(examples["understand"], trace)["text"])
         ask = parse_pairs(self._task(examples["elicit"], trace)["text"])
+        grounded = ground(understood, dialogue, self.catalog, self.vocabulary)
+        trace.append(TraceStep(name="needs → catalog", output=grounded.trace()))
         rec = examples["recommend"]
-        # The CRS's own top 20 over the catalog are the candidates the LLM letters A-T.
+        # The CRS ranks the films that meet the needs; its top 20 are the LLM's letters A-T.
         with torch.no_grad():
-            first = crs_predict(self.crs, rec, self.options)
+            scores = self.crs.rank(rec)
+        first = sorted(grounded.allowed & scores.keys(), key=lambda i: -scores[i])
         # Shuffled, as in training, so that the letter says nothing about the CRS's order.
-        rec.candidates = first["catalog"][:N_CANDIDATES]
+        rec.candidates = first[:N_CANDIDATES]
         random.Random(dialogue.as_text()).shuffle(rec.candidates)
         out = self._task(rec, trace)
-        order = out["ranking"] + [i for i in first["catalog"] if i not in out["ranking"]]
-        if self.variant == "llm2crs":
-            order = out["catalog"]
+        order = out["ranking"] + [i for i in first if i not in out["ranking"]]
         items = [
             ScoredItem(
                 item_id=i,
@@ -184,7 +188,7 @@ class Presales(CRSModel):
             )
             for r, i in enumerate(order[: self.config.top_k])
         ]
-        moved = [i.title for i in items[:5] if i.item_id not in first["catalog"][:5]]
+        moved = [i.title for i in items[:5] if i.item_id not in first[:5]]
         trace.append(
             TraceStep(
                 name="recommend (final)",
