@@ -429,14 +429,20 @@ class Study:
                 for s, es in self.split.items()
             },
             "options": self.options,
-            "runs": {
-                p.name: json.loads((p / "metrics.json").read_text()).get("total_seconds")
+            "training_seconds": {
+                p.name: training_seconds(json.loads((p / "metrics.json").read_text()))
                 for p in sorted(self.root.iterdir())
                 if (p / "metrics.json").is_file()
             },
             "paper": PAPER,
             "settings": vars(self.args) | {"out": str(self.args.out)},
         }
+
+
+def training_seconds(record: dict[str, Any]) -> float:
+    """Seconds of training steps, summed over every process that resumed the run."""
+    stages = [record[k] for k in ("stage1", "stage2") if k in record] or [record]
+    return round(sum(stage["seconds"] for stage in stages), 1)
 
 
 def mixed(example: Example, crs: dict, llm: dict, alpha: float) -> dict:
