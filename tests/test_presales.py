@@ -494,3 +494,13 @@ def test_the_presales_demo_config_names_valid_models_and_settings():
     assert [m.name for m in config.models][0] == "presales"
     for spec in config.models:
         build_config(model_class(spec.name), spec.config)
+
+
+def test_the_readme_tables_are_the_committed_study_results():
+    from backend.models.presales.report import markdown
+
+    root = Path(__file__).resolve().parents[1]
+    summary = json.loads((root / "results" / "presales-study.json").read_text())
+    readme = (root / "README.md").read_text()
+    rows = [line for line in markdown(summary).splitlines() if line.startswith("| ")]
+    assert len(rows) > 20 and [r for r in rows if r not in readme] == []

@@ -51,7 +51,7 @@ def table(
 
 def markdown(summary: dict[str, Any]) -> str:
     """Tables 1-4 as Markdown."""
-    n = summary["examples"]["test"]
+    n = ", ".join(f"{task} {count}" for task, count in summary["examples"]["test"].items())
     parts = [
         f"Test examples per task: {n}.",
         "**Table 1, understanding** (per-sample P / R / F1 of (attribute, value) pairs)",
