@@ -16,6 +16,24 @@ PAPER_ROWS = {
 GROUPS = ("redial", "llm-redial", "all")
 
 
+PRF = ("precision", "recall", "f1")
+RANKS = ("accuracy", "hit@5", "mrr@5")
+OPTION_RANKS = tuple(f"option_{k}" for k in RANKS)
+CATALOG_RANKS = tuple(f"catalog_{k}" for k in RANKS)
+# (heading, task, our measures, the one shown per dataset, the paper's measures)
+TABLES = (
+    ("**Table 1, understanding** (per-sample P / R / F1 of (attribute, value) pairs)",
+     "understand", PRF, "f1", PRF),
+    ("**Table 2, elicitation** (P / R / F1 of the attributes; Acc / Hit@5 / MRR@5 of the ranked "
+     "options)", "elicit", PRF + OPTION_RANKS, "f1", PRF),
+    ("**Table 3, recommendation** (the 20 candidates A-T: Acc / Hit@5 / MRR@5; then over the "
+     "whole catalog, where the LLM letters the CRS's top 20)",
+     "recommend", RANKS + CATALOG_RANKS, "accuracy", RANKS),
+    ("**Table 4, generation** (BLEU-1/2, Dist-1 per response)",
+     "generate", ("bleu1", "bleu2", "dist1"), "dist1", ("dist1", "relevance", "informativeness")),
+)  # fmt: skip
+
+
 def _fmt(value: Any) -> str:
     return "" if value is None else f"{value:.3f}"
 
@@ -52,43 +70,13 @@ def table(
 def markdown(summary: dict[str, Any]) -> str:
     """Tables 1-4 as Markdown."""
     n = ", ".join(f"{task} {count}" for task, count in summary["examples"]["test"].items())
-    parts = [
-        f"Test examples per task: {n}.",
-        "**Table 1, understanding** (per-sample P / R / F1 of (attribute, value) pairs)",
-        table(
-            summary,
-            "understand",
-            ("precision", "recall", "f1"),
-            "f1",
-            ("precision", "recall", "f1"),
-        ),
-        "**Table 2, elicitation** (P / R / F1 of the attributes; Acc / Hit@5 / MRR@5 of the ranked options)",
-        table(
-            summary,
-            "elicit",
-            ("precision", "recall", "f1", "option_accuracy", "option_hit@5", "option_mrr@5"),
-            "f1",
-            ("precision", "recall", "f1"),
-        ),
-        "**Table 3, recommendation** (the 20 candidates A-T: Acc / Hit@5 / MRR@5; then over the whole catalog, where the LLM letters the CRS's top 20)",
-        table(
-            summary,
-            "recommend",
-            ("accuracy", "hit@5", "mrr@5", "catalog_accuracy", "catalog_hit@5", "catalog_mrr@5"),
-            "accuracy",
-            ("accuracy", "hit@5", "mrr@5"),
-        ),
-        "**Table 4, generation** (BLEU-1/2, Dist-1 per response)",
-        table(
-            summary,
-            "generate",
-            ("bleu1", "bleu2", "dist1"),
-            "dist1",
-            ("dist1", "relevance", "informativeness"),
-        ),
+    parts = [f"Test examples per task: {n}."]
+    for title, task, keys, primary, paper_keys in TABLES:
+        parts += [title, table(summary, task, keys, primary, paper_keys)]
+    parts.append(
         "Table 4's relevance and informativeness (1-5) come from people: the `presales` "
-        "campaign over these responses (docs/models.md#pre-sales-collaboration).",
-    ]
+        "campaign over these responses (docs/models.md#pre-sales-collaboration)."
+    )
     chosen = summary.get("dev_selection")
     if chosen:
         means = {v: sum(s.values()) / len(s) for v, s in chosen["scores"].items()}
